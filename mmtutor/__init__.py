@@ -1,0 +1,1 @@
+"""mmtutor: a small, complete library for learning text-to-image generation."""

