@@ -131,17 +131,26 @@ class DualEncoder(nn.Module):
         return out[0] if len(out) == 1 else tuple(out)
 
     # ---------------------------------------------------------------- checkpoints
-    def save(self, path) -> None:
-        runtime.save_checkpoint(path, asdict(self.config), {"model": self.state_dict()}, kind="align",
-                                world=self.world_config, text_spec=self.text_encoder.spec)
+    def save(self, path, history: dict | None = None) -> None:
+        """state_dict + config. A frozen pretrained text encoder (MiniLM) is not stored: it is
+        rebuilt from its package on load."""
+        state = {k: v for k, v in self.state_dict().items()
+                 if self.text_encoder.trainable or not k.startswith("text_encoder.")}
+        runtime.save_checkpoint(path, asdict(self.config), {"model": state}, kind="align",
+                                world=self.world_config, text_spec=self.text_encoder.spec, history=history or {})
 
     @classmethod
     def load(cls, path, map_location=None) -> "DualEncoder":
         ckpt = runtime.load_checkpoint(path, map_location=map_location, kind="align")
         config = runtime.dataclass_from_dict(AlignConfig, ckpt["config"])
         model = cls(config, World(**ckpt["world"]), build_text_encoder(ckpt["text_spec"]))
-        model.load_state_dict(ckpt["state"]["model"])
-        return model.to(map_location or "cpu")
+        missing, unexpected = model.load_state_dict(ckpt["state"]["model"], strict=False)
+        missing = [k for k in missing if model.text_encoder.trainable or not k.startswith("text_encoder.")]
+        if missing or unexpected:
+            raise runtime.CheckpointError(f"{path} does not fit this DualEncoder: missing {missing[:3]}, "
+                                          f"unexpected {unexpected[:3]}")
+        model.history = ckpt.get("history", {})
+        return model.to(map_location or "cpu").eval()
 
 
 # ------------------------------------------------------------------------ training

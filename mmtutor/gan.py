@@ -106,11 +106,11 @@ def generator_loss(fake: torch.Tensor, kind: str = "nonsaturating") -> torch.Ten
 # ======================================================================================
 @dataclass
 class GANConfig:
-    text_encoder: str = "clip"     # caption features: "clip" (aligned text tower), "bert" (small BERT), "minilm" (frozen)
+    text_encoder: str = "minilm"   # caption features: "minilm" (pretrained, frozen), "clip" (aligned text tower), "bert" (small BERT)
     fusion: str = "concat"         # how G reads the text: "concat" or "attention" (see fusion.py)
     image_size: int = 32
     z_dim: int = 64                # noise dimension
-    cond_dim: int = 64             # text features are compressed to this many numbers (GAN-INT-CLS uses 128)
+    cond_dim: int = 32             # text features are compressed to this many numbers (GAN-INT-CLS uses 128)
     g_channels: int = 32           # G width at full resolution (doubles towards 4x4)
     d_channels: int = 32           # D width after its first layer (doubles towards 4x4)
     loss: str = "hinge"            # "hinge", "bce" (article's L_D, non-saturating G), "bce-saturating" (article's L_G too)
@@ -331,6 +331,10 @@ class ConditionalGAN:
                 "seconds": [], "snapshots": [], "snapshot_steps": [], "text_prep_seconds": prep_seconds}
         last_good = self._state()
         last_good_step = self.steps_done
+        saved_step = None                      # step of the checkpoint file written by this run, if any
+        if checkpoint and self._finite():      # the starting point is the first "last good" checkpoint
+            self.save(checkpoint)
+            saved_step = self.steps_done
         n_int = int(round(cfg.interp_fraction * batch_size))
         half = (batch_size - n_int) // 2
         # how far apart two real images of one caption are, per unit of noise distance E|z1 - z2| = 2/sqrt(pi)
@@ -359,7 +363,7 @@ class ConditionalGAN:
             d_loss = discriminator_loss(d_real, d_fake, d_mis if cfg.mismatch_weight > 0 else None,
                                         cfg.d_loss_kind, cfg.mismatch_weight)
             if not torch.isfinite(d_loss):
-                self._diverged("discriminator", d_loss, i, last_good, last_good_step, checkpoint)
+                self._diverged(f"discriminator loss became {d_loss.item()}", i, last_good, last_good_step, saved_step, checkpoint)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
@@ -380,7 +384,7 @@ class ConditionalGAN:
                     za, zb = z[n_int:n_int + half], z[n_int + half:n_int + 2 * half]
                     g_loss = g_loss + cfg.diversity_weight * diversity_loss(a, b, za, zb, div_target)
             if not torch.isfinite(g_loss):
-                self._diverged("generator", g_loss, i, last_good, last_good_step, checkpoint)
+                self._diverged(f"generator loss became {g_loss.item()}", i, last_good, last_good_step, saved_step, checkpoint)
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_g.step()
@@ -404,9 +408,12 @@ class ConditionalGAN:
                 hist["snapshot_steps"].append(self.steps_done)
                 self.G.train()
             if (i + 1) % checkpoint_every == 0:
+                if not self._finite():              # a NaN weight with a still-finite loss: never keep it
+                    self._diverged("weights became NaN/inf", i, last_good, last_good_step, saved_step, checkpoint)
                 last_good, last_good_step = self._state(), self.steps_done
                 if checkpoint:
                     self.save(checkpoint)
+                    saved_step = self.steps_done
             if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
                 break
         self.G.eval()
@@ -414,6 +421,8 @@ class ConditionalGAN:
         hist["total_seconds"] = time.perf_counter() - t0
         hist["steps"] = i + 1
         hist["images_per_second"] = hist["steps"] * batch_size / hist["total_seconds"]
+        if not self._finite():
+            self._diverged("weights became NaN/inf", i, last_good, last_good_step, saved_step, checkpoint)
         if checkpoint:
             self.save(checkpoint)
         return hist
@@ -428,15 +437,22 @@ class ConditionalGAN:
         if self.G_ema is not None and state["G_ema"] is not None:
             self.G_ema.load_state_dict(state["G_ema"])
 
-    def _diverged(self, who, loss, step, last_good, last_good_step, checkpoint):
+    def _finite(self) -> bool:
+        return all(torch.isfinite(p).all() for m in (self.G, self.D) for p in m.parameters())
+
+    def _diverged(self, what, step, last_good, last_good_step, saved_step, checkpoint):
         self._load_state(last_good)
         self.steps_done = last_good_step
-        where = (f"; the last good checkpoint (step {last_good_step}) is kept at {checkpoint}"
-                 if checkpoint else "")
+        if checkpoint and saved_step is not None:
+            where = f"; the last good checkpoint (step {saved_step}) is kept at {checkpoint}"
+        elif checkpoint:
+            where = f"; no checkpoint was written to {checkpoint} before it diverged"
+        else:
+            where = ""
         raise TrainingDiverged(
-            f"training diverged: the {who} loss became {loss.item()} at step {step}. The model was "
-            f"restored to its last good weights (step {last_good_step}){where}. Try lower learning "
-            f"rates (lr_g={self.config.lr_g}, lr_d={self.config.lr_d}) or the hinge loss with spectral norm.")
+            f"training diverged: the {what} at step {step}. The model was restored to its last good "
+            f"weights (step {last_good_step}){where}. Try lower learning rates (lr_g={self.config.lr_g}, "
+            f"lr_d={self.config.lr_d}) or the hinge loss with spectral norm.")
 
     # ---------------------------------------------------------------- sampling
     @property
@@ -455,18 +471,17 @@ class ConditionalGAN:
         return out.float()
 
     def _check(self, captions: list[str]) -> list[str]:
+        """Every caption must name an object; with a closed-vocabulary text encoder (the small
+        BERT) every word must be known, while MiniLM reads any English (unknown words pass)."""
         captions = check_captions(captions)
-        if self.config.text_encoder != "minilm":   # a closed vocabulary: say which words are unknown
-            for c in captions:
-                self.world.parse(c)
-        else:                                      # MiniLM reads any text, but a scene needs an object
-            for c in captions:
-                try:
-                    self.world.parse(c)
-                except ValueError as e:
-                    if "names no object" in str(e):
-                        raise
+        for c in captions:
+            self.world.parse(c, strict=not self.text_encoder.open_vocabulary)
         return captions
+
+    @property
+    def text_encoder(self):
+        """The encoder behind the caption features (MiniLM, or the dual encoder's text tower)."""
+        return self.minilm if self.config.text_encoder == "minilm" else self.aligner.text_encoder
 
     def generate(self, captions: list[str], n_per_caption: int = 1, seed: int = 0,
                  z: torch.Tensor | None = None) -> torch.Tensor:
@@ -514,15 +529,16 @@ class ConditionalGAN:
     def checkpoint_config(self) -> dict:
         return {**asdict(self.config), "world": self.world.config()}
 
-    def save(self, path) -> None:
+    def save(self, path, history: dict | None = None) -> None:
         """``state_dict``s + config; the aligned text tower travels with it when it is used."""
         state = {"G": self.G.state_dict(), "D": self.D.state_dict()}
         if self.G_ema is not None:
             state["G_ema"] = self.G_ema.state_dict()
-        extra = {"steps_done": self.steps_done}
+        extra = {"steps_done": self.steps_done, "history": history or {}}
         if self.aligner is not None:
-            extra["aligner"] = {"config": asdict(self.aligner.config), "state": self.aligner.state_dict(),
-                                "text_spec": self.aligner.text_encoder.spec}
+            extra["aligner"] = {"config": asdict(self.aligner.config), "text_spec": self.aligner.text_encoder.spec,
+                                "state": {k: v for k, v in self.aligner.state_dict().items()
+                                          if self.aligner.text_encoder.trainable or not k.startswith("text_encoder.")}}
         runtime.save_checkpoint(path, self.checkpoint_config(), state, kind="gan", **extra)
 
     def load_weights(self, path) -> None:
@@ -550,13 +566,14 @@ class ConditionalGAN:
             a = ckpt["aligner"]
             aligner = DualEncoder(runtime.dataclass_from_dict(AlignConfig, a["config"]), world,
                                   build_text_encoder(a["text_spec"]))
-            aligner.load_state_dict(a["state"])
+            aligner.load_state_dict(a["state"], strict=aligner.text_encoder.trainable)
         gan = cls(config, world, aligner=aligner, device=dev)
         gan.G.load_state_dict(ckpt["state"]["G"])
         gan.D.load_state_dict(ckpt["state"]["D"])
         if gan.G_ema is not None:
             gan.G_ema.load_state_dict(ckpt["state"]["G_ema"])
         gan.steps_done = ckpt.get("steps_done", 0)
+        gan.history = ckpt.get("history", {})
         gan.G.eval()
         gan.D.eval()
         return gan

@@ -71,9 +71,9 @@ class Judge(nn.Module):
         return torch.cat([self.features(x[i:i + batch_size].to(dev)).float().cpu()
                           for i in range(0, len(x), batch_size)])
 
-    def save(self, path) -> None:
+    def save(self, path, history: dict | None = None) -> None:
         runtime.save_checkpoint(path, {"width": self.width, "feat": self.feat, "world": self.world_config},
-                                {"judge": self.state_dict()}, kind="judge")
+                                {"judge": self.state_dict()}, kind="judge", history=history or {})
 
     @classmethod
     def load(cls, path, map_location=None) -> "Judge":
@@ -81,17 +81,26 @@ class Judge(nn.Module):
         c = ckpt["config"]
         judge = cls(World(**c["world"]), width=c["width"], feat=c["feat"])
         judge.load_state_dict(ckpt["state"]["judge"])
+        judge.history = ckpt.get("history", {})
         return judge.eval()
 
 
 def train_judge(world: World, steps: int = 600, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
-                device=None, bf16: bool = True, progress: bool = True) -> tuple[Judge, dict]:
+                device=None, bf16: bool = True, progress: bool = True,
+                data: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[Judge, dict]:
     """Train a judge on fresh renders of every attribute combination.
 
     The judge is the measuring instrument, not the model under test: it must read held-out
     combinations as reliably as seen ones, so it sees all of them (the generator never sees
-    the judge, and never sees a held-out combination). Returns (judge, history)."""
+    the judge, and never sees a held-out combination). With ``data=(images, attrs)`` the same
+    classifier learns from a fixed set instead -- e.g. generated images labelled by their
+    captions (classification accuracy score). Returns (judge, history)."""
     dev = torch.device(device) if device is not None else runtime.device()
+    if data is not None:
+        images, labels = data
+        check_images(images, world.image_size, "train_judge(data=...)")
+        if len(images) != len(labels) or labels.shape[1:] != (len(world.attributes),) or (labels < 0).any():
+            raise ValueError("data must be (images (N, 3, S, S), attrs (N, 4)) with every attribute specified")
     torch.manual_seed(seed)
     judge = Judge(world).to(dev)
     opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
@@ -102,8 +111,12 @@ def train_judge(world: World, steps: int = 600, batch_size: int = 128, lr: float
     t0 = time.perf_counter()
     judge.train()
     for step in tqdm(range(steps), desc="judge", disable=not progress, leave=False):
-        attrs = combos[torch.randint(len(combos), (batch_size,), generator=gen)]
-        x = world.render_index(attrs, gen).to(dev)
+        if data is None:
+            attrs = combos[torch.randint(len(combos), (batch_size,), generator=gen)]
+            x = world.render_index(attrs, gen).to(dev)
+        else:
+            idx = torch.randint(len(images), (batch_size,), generator=gen)
+            x, attrs = images[idx].to(dev), labels[idx]
         with runtime.autocast(dev, bf16):
             logits = judge(x)
         loss = sum(F.cross_entropy(logits[k].float(), attrs[:, j].to(dev)) for j, k in enumerate(judge.attributes))

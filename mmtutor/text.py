@@ -117,6 +117,7 @@ class TextEncoder(nn.Module):
     dim: int
     name: str
     trainable: bool
+    open_vocabulary: bool   # True: any English is accepted; False: unknown words are an error
 
     @property
     def device(self) -> torch.device:
@@ -160,6 +161,7 @@ class SmallBert(TextEncoder):
                                  type_vocab_size=1, pad_token_id=0)
         self.bert = BertModel(self.config, add_pooling_layer=False)
         self.dim = dim
+        self.open_vocabulary = unknown == "unk"
         self.spec = {"kind": "bert", "words": list(words), "dim": dim, "layers": layers, "heads": heads,
                      "unknown": unknown, "dropout": dropout}
 
@@ -194,6 +196,7 @@ class MiniLM(TextEncoder):
 
     name = "minilm"
     trainable = False
+    open_vocabulary = True
 
     def __init__(self, path: str | None = None):
         super().__init__()

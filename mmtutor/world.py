@@ -226,16 +226,17 @@ class World:
                 parts[i] = "an" if parts[i + 1][0] in "aeiou" else "a"
         return " ".join(parts)
 
-    def parse(self, caption: str) -> dict:
+    def parse(self, caption: str, strict: bool = True) -> dict:
         """Caption -> attributes it names, canonical values. Raises ValueError on an empty
-        caption, words outside the world's vocabulary, a repeated attribute, or no object."""
+        caption, words outside the world's vocabulary (unless ``strict=False``, which skips
+        them -- for open-vocabulary encoders), two values of one attribute, or no object."""
         if not isinstance(caption, str):
             raise TypeError(f"a caption must be a string, got {type(caption).__name__}")
         if not caption.strip():
             raise ValueError("empty caption; describe a scene, e.g. 'a red apple on the table'")
         tokens = re.findall(r"[a-z]+|[^\sa-z]", caption.lower())
         unknown = [t for t in tokens if t not in self.vocabulary and t not in {",", "."}]
-        if unknown:
+        if unknown and strict:
             raise ValueError(f"caption {caption!r} has words outside the world's vocabulary: "
                              f"{', '.join(map(repr, dict.fromkeys(unknown)))}; allowed words are: "
                              f"{', '.join(self.vocabulary)}")

@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine (see README):
+#   make book   builds the Jupyter Book into _build/html (executes every chapter)
+#   make test   runs the unit tests and executes every notebook with nbval
+# Each creates or updates the virtual environment .venv when requirements change.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: book test unit bench sync-colab clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $(STAMP)
+
+# -W --keep-going: any warning (a failing cell included) fails the build, after reporting all of them
+book: $(STAMP)
+	$(BIN)/jupyter-book build . -W --keep-going
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests notebooks --nbval-lax
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+sync-colab: $(STAMP)
+	$(BIN)/python tools/sync_colab.py
+
+clean:
+	rm -rf _build

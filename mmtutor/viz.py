@@ -1,0 +1,168 @@
+"""Pictures: image grids with captions, training curves, similarity heatmaps, embedding maps
+and attention maps. Thin wrappers around ``torchvision.utils.make_grid`` and matplotlib."""
+
+from __future__ import annotations
+
+import textwrap
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from torchvision.utils import make_grid, save_image
+
+
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], on the CPU, float."""
+    return (images.detach().float().cpu().clamp(-1, 1) + 1) / 2
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 1, scale: int = 1) -> torch.Tensor:
+    """(N, 3, H, W) in [-1, 1] -> one (3, H', W') image in [0, 1], optionally enlarged (nearest)."""
+    x = _unit(images)
+    if scale > 1:
+        x = F.interpolate(x, scale_factor=scale, mode="nearest")
+    return make_grid(x, nrow=nrow, padding=padding, pad_value=1.0)
+
+
+def save_grid(images: torch.Tensor, path, nrow: int = 8, scale: int = 4) -> None:
+    """Write a PNG grid (images enlarged ``scale`` times so small renders stay sharp)."""
+    x = _unit(images)
+    if scale > 1:
+        x = F.interpolate(x, scale_factor=scale, mode="nearest")
+    save_image(x, str(path), nrow=nrow, padding=2, pad_value=1.0)
+
+
+def show_grid(images: torch.Tensor, nrow: int = 8, title: str | None = None, ax=None, scale: int = 4,
+              row_labels: list[str] | None = None, width: float = 8.0, wrap: int = 30):
+    """Show a grid; ``row_labels`` writes one label left of each row. Returns the axes."""
+    grid = image_grid(images, nrow=nrow, padding=2, scale=scale)
+    if ax is None:
+        rows = -(-len(images) // nrow)
+        _, ax = plt.subplots(figsize=(width, max(1.2, width * rows / nrow * 0.95)))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if row_labels:
+        h = grid.shape[1] / len(row_labels)
+        ax.set_yticks([h * (i + 0.5) for i in range(len(row_labels))])
+        ax.set_yticklabels(["\n".join(textwrap.wrap(r, wrap)) for r in row_labels], fontsize=9)
+        ax.tick_params(axis="y", length=0)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def caption_rows(images: torch.Tensor, captions: list[str], n_per_caption: int, title: str | None = None,
+                 ax=None, width: float = 9.0):
+    """Caption-major images (n_per_caption per caption) as one labelled row per caption."""
+    if len(images) != len(captions) * n_per_caption:
+        raise ValueError(f"expected {len(captions)} x {n_per_caption} images, got {len(images)}")
+    return show_grid(images, nrow=n_per_caption, title=title, ax=ax, row_labels=captions, width=width)
+
+
+def plot_history(history: dict, keys=("d_loss", "g_loss"), ax=None, title: str | None = None,
+                 x: str = "step", smooth: int = 1):
+    """Training curves from a history dict (lists keyed by name); ``smooth`` = moving-average window."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.2))
+    xs = history[x]
+    for k in keys:
+        ys = torch.tensor(history[k], dtype=torch.float)
+        if smooth > 1 and len(ys) >= smooth:
+            ys = torch.nn.functional.avg_pool1d(ys.view(1, 1, -1), smooth, stride=1).view(-1)
+            ax.plot(xs[smooth - 1:], ys.tolist(), label=k)
+        else:
+            ax.plot(xs, ys.tolist(), label=k)
+    ax.set_xlabel(x)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def similarity_heatmap(sim: torch.Tensor, row_labels: list[str], col_labels: list[str] | None = None,
+                       ax=None, title: str | None = None):
+    """A (rows, cols) similarity matrix with labelled rows (and columns)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.5 * sim.shape[1] + 3, 0.4 * sim.shape[0] + 1.5))
+    im = ax.imshow(sim.detach().float().cpu().numpy(), cmap="viridis", aspect="auto")
+    ax.set_yticks(range(len(row_labels)))
+    ax.set_yticklabels(row_labels, fontsize=8)
+    if col_labels is not None:
+        ax.set_xticks(range(len(col_labels)))
+        ax.set_xticklabels(col_labels, fontsize=8, rotation=90)
+    plt.colorbar(im, ax=ax, fraction=0.03)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def pca_2d(*embeddings: torch.Tensor) -> list[torch.Tensor]:
+    """Project several (N_i, D) sets onto the first two principal axes of their union."""
+    allx = torch.cat([e.detach().float().cpu() for e in embeddings])
+    mean = allx.mean(0, keepdim=True)
+    _, _, v = torch.pca_lowrank(allx - mean, q=2, center=False)
+    return [(e.detach().float().cpu() - mean) @ v for e in embeddings]
+
+
+def embedding_map(text_emb: torch.Tensor, image_emb: torch.Tensor, labels: list[str], ax=None,
+                  title: str | None = None):
+    """Texts (crosses) and images (dots) in one 2-D PCA map of the joint space, coloured by label."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 5))
+    t2, i2 = pca_2d(text_emb, image_emb)
+    names = sorted(set(labels))
+    cmap = plt.get_cmap("tab10")
+    for k, name in enumerate(names):
+        idx = torch.tensor([i for i, lab in enumerate(labels) if lab == name])
+        ax.scatter(i2[idx, 0], i2[idx, 1], s=14, color=cmap(k % 10), alpha=0.6, label=f"{name} (image)")
+        ax.scatter(t2[idx, 0], t2[idx, 1], s=60, marker="x", color=cmap(k % 10))
+    ax.legend(fontsize=7, loc="best")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def attention_maps(weights: torch.Tensor, tokens: list[str], image: torch.Tensor | None = None,
+                   title: str | None = None):
+    """(H*W, L) attention of image positions over words -> one heatmap per word (plus the image)."""
+    hw, L = weights.shape
+    side = int(round(hw ** 0.5))
+    n = L + (image is not None)
+    fig, axes = plt.subplots(1, n, figsize=(1.6 * n, 2.0))
+    axes = list(axes) if n > 1 else [axes]
+    if image is not None:
+        axes[0].imshow(_unit(image).permute(1, 2, 0).numpy(), interpolation="nearest")
+        axes[0].set_title("image", fontsize=8)
+        axes = axes[1:]
+    for j, ax in enumerate(axes):
+        ax.imshow(weights[:, j].view(side, side).float().cpu().numpy(), cmap="magma", vmin=0,
+                  vmax=float(weights.max()))
+        ax.set_title(tokens[j], fontsize=8)
+    for ax in fig.axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def glue(name: str, value, display: bool = False):
+    """Hand a computed number to the book's prose ({glue:}`name` in MyST); outside a book
+    build (Colab, plain Jupyter) it does nothing but return the value."""
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:
+        return value
+    _glue(name, value, display=display)
+    return value
+
+
+__all__ = ["glue", "image_grid", "save_grid", "show_grid", "caption_rows", "plot_history", "similarity_heatmap",
+           "pca_2d", "embedding_map", "attention_maps"]

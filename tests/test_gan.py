@@ -1,0 +1,284 @@
+"""The conditional GAN: sampling, input checks, checkpoints, and recovery from divergence."""
+
+import random
+
+import pytest
+import torch
+
+import mmtutor as mm
+from mmtutor.gan import ConditionalGAN, TrainingDiverged
+from mmtutor.runtime import CheckpointError
+
+APPLE = "a red apple on the table"
+BOX = "a large blue box under the table"
+
+
+def _finite(module_or_state) -> bool:
+    state = module_or_state.state_dict() if hasattr(module_or_state, "state_dict") else module_or_state
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------------ sampling
+def test_generate_shape_range_and_determinism(trained_gan):
+    images = trained_gan.generate([APPLE, BOX], n_per_caption=3, seed=0)
+    assert images.shape == (6, 3, 32, 32) and images.dtype == torch.float32
+    assert torch.isfinite(images).all() and images.min() >= -1 and images.max() <= 1
+    assert torch.equal(images, trained_gan.generate([APPLE, BOX], n_per_caption=3, seed=0))
+    assert not torch.equal(images, trained_gan.generate([APPLE, BOX], n_per_caption=3, seed=1))
+    # different noise, one caption: different images
+    assert not torch.equal(images[0], images[1])
+
+
+def test_generate_is_grouped_by_caption(trained_gan):
+    z = torch.randn(4, trained_gan.config.z_dim, generator=torch.Generator().manual_seed(3))
+    both = trained_gan.generate([APPLE, BOX], n_per_caption=2, z=z)
+    apple = trained_gan.generate([APPLE, APPLE], n_per_caption=1, z=z[:2])
+    torch.testing.assert_close(both[:2], apple, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"z must have shape \(4, 64\)"):
+        trained_gan.generate([APPLE, BOX], n_per_caption=2, z=z[:3])
+
+
+def test_interpolate(trained_gan):
+    out = trained_gan.interpolate(APPLE, BOX, steps=5, n=2, seed=4)
+    assert out.shape == (10, 3, 32, 32) and torch.isfinite(out).all()
+    # the walk starts at caption a and ends at caption b (same noise as generate with that seed)
+    a = trained_gan.generate([APPLE], n_per_caption=2, seed=4)
+    b = trained_gan.generate([BOX], n_per_caption=2, seed=4)
+    torch.testing.assert_close(out[0], a[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[4], b[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[5], a[1], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="steps >= 2"):
+        trained_gan.interpolate(APPLE, BOX, steps=1)
+
+
+def test_discriminate_gives_probabilities(trained_gan, world):
+    images, captions, _ = world.sample(6, seed=0)
+    p = trained_gan.discriminate(images, captions)
+    assert p.shape == (6,)
+    assert (p > 0).all() and (p < 1).all()
+    with pytest.raises(ValueError, match="6 images but 5 captions"):
+        trained_gan.discriminate(images, captions[:5])
+
+
+@pytest.mark.parametrize("n", [0, -2, 1.5, "2"])
+def test_generate_rejects_bad_n_per_caption(trained_gan, n):
+    with pytest.raises(ValueError, match=f"n_per_caption must be a positive integer, got {n!r}"):
+        trained_gan.generate([APPLE], n_per_caption=n)
+
+
+@pytest.mark.parametrize("captions, error, message", [
+    ([""], ValueError, "empty or whitespace"),
+    (["  "], ValueError, "empty or whitespace"),
+    ([], ValueError, "at least one caption"),
+    (APPLE, TypeError, "single string"),
+    (["a big red on the table"], ValueError, "names no object; name one of: apple"),
+    (["a red zebra on the table"], ValueError, "names no object; name one of: apple"),
+])
+def test_generate_rejects_bad_captions(trained_gan, captions, error, message):
+    with pytest.raises(error, match=message):
+        trained_gan.generate(captions)
+
+
+def test_minilm_gan_accepts_unknown_words(trained_gan):
+    """MiniLM has an open vocabulary: an extra word is fine as long as the scene has an object."""
+    out = trained_gan.generate(["a shiny red apple on the wooden table"], n_per_caption=1)
+    assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("images, error, message", [
+    (torch.zeros(2, 1, 32, 32), ValueError, "3 colour channels"),
+    (torch.zeros(2, 3, 16, 16), ValueError, "32x32"),
+    (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), TypeError, "floating-point"),
+    (torch.zeros(3, 32, 32), ValueError, "unsqueeze"),
+])
+def test_bad_images_are_rejected_everywhere(trained_gan, judge, images, error, message):
+    with pytest.raises(error, match="ConditionalGAN.discriminate.*" + message):
+        trained_gan.discriminate(images, [APPLE] * len(images))
+    t = trained_gan.text_features([APPLE] * len(images)).pooled
+    with pytest.raises(error, match="Discriminator.*" + message):
+        trained_gan.D(images, t)
+    with pytest.raises(error, match="Judge.*" + message):
+        judge(images)
+    with pytest.raises(error, match="Judge.*" + message):
+        judge.predict(images)
+
+
+def test_gan_needs_aligner_for_clip_and_bert(world, smoke):
+    for enc in ("clip", "bert"):
+        with pytest.raises(ValueError, match="needs the trained dual encoder"):
+            ConditionalGAN(mm.zoo.gan_config(world, smoke, text_encoder=enc), world, device="cpu")
+
+
+def test_gan_rejects_image_size_mismatch(world):
+    with pytest.raises(ValueError, match="image_size=64 but the world renders 32x32"):
+        ConditionalGAN(mm.GANConfig(image_size=64), world, device="cpu")
+
+
+@pytest.mark.parametrize("enc", ["clip", "bert"])
+def test_closed_vocabulary_gan_names_the_unknown_word(make_gan, aligner, enc):
+    gan = make_gan(aligner=aligner, text_encoder=enc)
+    assert gan.generate([APPLE], n_per_caption=2).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="'zebra'"):
+        gan.generate(["a red zebra on the table"])
+    with pytest.raises(ValueError, match="'shiny'"):
+        gan.generate(["a shiny red apple"])
+
+
+def test_attention_gan_generates_and_trains(make_gan, pool):
+    gan = make_gan(fusion="attention")
+    hist = gan.fit(pool, steps=3, batch_size=8, seed=0, bf16=False, log_every=1, progress=False)
+    assert len(hist["d_loss"]) == 3 and all(torch.isfinite(torch.tensor(hist["d_loss"] + hist["g_loss"])))
+    out = gan.generate([APPLE, BOX], n_per_caption=2)
+    assert out.shape == (4, 3, 32, 32)
+    w = gan.sampler.fusions[0].last_weights
+    assert w.shape[:2] == (4, 16)                              # (B, 4*4 positions, L words)
+    torch.testing.assert_close(w.sum(-1), torch.ones(4, 16))
+
+
+def test_classic_gan_trains(world, smoke, pool):
+    gan = ConditionalGAN(mm.GANConfig.classic(g_channels=smoke.g_channels, d_channels=smoke.d_channels),
+                         world, device="cpu")
+    assert gan.G_ema is None and gan.sampler is gan.G
+    hist = gan.fit(pool, steps=3, batch_size=8, seed=0, bf16=False, log_every=1, progress=False)
+    assert hist["steps"] == 3 and gan.steps_done == 3
+    assert all(0 < p < 1 for p in hist["p_real"] + hist["p_fake"])
+
+
+def test_fit_is_deterministic_under_seed(make_gan, pool):
+    outs = []
+    for _ in range(2):
+        gan = make_gan()
+        gan.fit(pool, steps=3, batch_size=8, seed=5, bf16=False, log_every=1, progress=False)
+        outs.append(gan.generate([APPLE], n_per_caption=2, seed=0))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_fit_rejects_bad_arguments(make_gan, pool):
+    gan = make_gan()
+    with pytest.raises(ValueError, match="steps must be positive"):
+        gan.fit(pool, steps=0, progress=False)
+    with pytest.raises(ValueError, match="batch_size at least 2"):
+        gan.fit(pool, steps=1, batch_size=1, progress=False)
+    other = mm.PairPool(mm.World(image_size=64), n_images=4, captions_per_combo=1)
+    with pytest.raises(ValueError, match="different image size"):
+        gan.fit(other, steps=1, progress=False)
+
+
+# ------------------------------------------------------------------------ checkpoints
+def test_save_load_round_trip(trained_gan, gan_checkpoint):
+    loaded = ConditionalGAN.load(gan_checkpoint, device="cpu")
+    assert loaded.config == trained_gan.config
+    assert loaded.steps_done == trained_gan.steps_done
+    assert loaded.history == {"note": "session"}
+    for seed in (0, 9):
+        assert torch.equal(loaded.generate([APPLE, BOX], n_per_caption=2, seed=seed),
+                           trained_gan.generate([APPLE, BOX], n_per_caption=2, seed=seed))
+
+
+def test_load_weights_into_same_config(make_gan, trained_gan, gan_checkpoint):
+    gan = make_gan()
+    assert not torch.equal(gan.generate([APPLE], 2), trained_gan.generate([APPLE], 2))
+    gan.load_weights(gan_checkpoint)
+    assert torch.equal(gan.generate([APPLE], 2), trained_gan.generate([APPLE], 2))
+
+
+@pytest.mark.parametrize("override, field", [({"z_dim": 32}, "z_dim"), ({"fusion": "attention"}, "fusion"),
+                                             ({"loss": "bce"}, "loss")])
+def test_load_weights_with_other_config_names_the_field(make_gan, gan_checkpoint, override, field):
+    gan = make_gan(**override)
+    with pytest.raises(CheckpointError, match=f"saved with {field}=.*but this model has {field}="):
+        gan.load_weights(gan_checkpoint)
+
+
+def test_truncated_checkpoint(gan_checkpoint, make_gan, tmp_path):
+    data = gan_checkpoint.read_bytes()
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable mmtutor checkpoint"):
+        ConditionalGAN.load(bad)
+    with pytest.raises(CheckpointError, match="truncated, corrupted"):
+        make_gan().load_weights(bad)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_bytes_checkpoint(tmp_path, seed):
+    bad = tmp_path / "noise.pt"
+    bad.write_bytes(random.Random(seed).randbytes(4096))
+    with pytest.raises(CheckpointError, match=f"{bad.name} is not .*mmtutor checkpoint"):
+        ConditionalGAN.load(bad)
+
+
+def test_missing_checkpoint(tmp_path, make_gan):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        ConditionalGAN.load(tmp_path / "nope.pt")
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        make_gan().load_weights(tmp_path / "nope.pt")
+
+
+def test_clip_gan_checkpoint_carries_the_aligner(make_gan, aligner, tmp_path):
+    gan = make_gan(aligner=aligner, text_encoder="clip")
+    gan.save(tmp_path / "clip.pt")
+    loaded = ConditionalGAN.load(tmp_path / "clip.pt", device="cpu")
+    assert loaded.aligner is not None
+    assert torch.equal(loaded.generate([APPLE, BOX], 2, seed=1), gan.generate([APPLE, BOX], 2, seed=1))
+    with pytest.raises(ValueError, match="'zebra'"):
+        loaded.generate(["a zebra"])
+
+
+# ------------------------------------------------------------------------ divergence
+def _break_generator_at(step):
+    """A fit() callback that writes NaN into a generator weight after step ``step``."""
+    def callback(gan, i):
+        if i == step:
+            with torch.no_grad():
+                gan.G.to_rgb[0].weight.fill_(float("nan"))
+    return callback
+
+
+def _check_recovered(gan, path, steps_done):
+    assert _finite(gan.G) and _finite(gan.D) and _finite(gan.sampler), "restored weights hold NaN/inf"
+    assert gan.steps_done == steps_done
+    out = gan.generate([APPLE, BOX], n_per_caption=2)
+    assert torch.isfinite(out).all()
+    saved = ConditionalGAN.load(path, device="cpu")
+    assert _finite(saved.G) and _finite(saved.D) and _finite(saved.sampler), "checkpoint file holds NaN/inf"
+    assert saved.steps_done == steps_done
+    assert torch.equal(saved.generate([APPLE], 2), gan.generate([APPLE], 2))
+    for k, v in saved.G.state_dict().items():
+        assert torch.equal(v, gan.G.state_dict()[k]), k
+
+
+def test_divergence_restores_last_good_state(make_gan, pool, tmp_path):
+    gan = make_gan()
+    path = tmp_path / "gan.pt"
+    # checkpoints after steps 2 and 4 (i = 1, 3); weights broken after i = 4; the next D loss is NaN
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf).*restored"):
+        gan.fit(pool, steps=20, batch_size=8, seed=0, bf16=False, progress=False, checkpoint=str(path),
+                checkpoint_every=2, callback=_break_generator_at(4))
+    _check_recovered(gan, path, steps_done=4)
+
+
+def test_divergence_right_after_a_checkpoint_step(make_gan, pool, tmp_path):
+    """Weights that break on the very step that ends a checkpoint interval must not become
+    the 'last good' state (nor be written to the checkpoint file)."""
+    gan = make_gan()
+    path = tmp_path / "gan.pt"
+    with pytest.raises(TrainingDiverged, match=r"(loss|weights) became (nan|inf|NaN)"):
+        gan.fit(pool, steps=20, batch_size=8, seed=0, bf16=False, progress=False, checkpoint=str(path),
+                checkpoint_every=2, callback=_break_generator_at(3))
+    _check_recovered(gan, path, steps_done=2)
+
+
+def test_divergence_with_absurd_learning_rates(make_gan, pool, tmp_path):
+    gan = make_gan(lr_g=1e30, lr_d=1e30)
+    before = {k: v.clone() for k, v in gan.G.state_dict().items()}
+    path = tmp_path / "gan.pt"
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf)") as info:
+        gan.fit(pool, steps=20, batch_size=8, seed=0, bf16=False, progress=False, checkpoint=str(path),
+                checkpoint_every=5)
+    assert "lr_g=1e+30" in str(info.value)
+    for k, v in gan.G.state_dict().items():                 # back to the weights it started from
+        assert torch.equal(v, before[k]), k
+    # the message promises the last good checkpoint at `path`: it must be there and load
+    assert str(path) in str(info.value)
+    _check_recovered(gan, path, steps_done=0)

@@ -1,0 +1,133 @@
+"""GAN losses and configuration: the article's formulas on hand-made logits, exactly."""
+
+import pytest
+import torch
+
+from mmtutor.gan import GANConfig, diversity_loss, discriminator_loss, generator_loss
+
+REAL = torch.tensor([2.0, -1.0, 0.5, 3.0], dtype=torch.float64)
+FAKE = torch.tensor([-0.3, 1.2, -4.0], dtype=torch.float64)
+MISMATCH = torch.tensor([0.7, -2.0], dtype=torch.float64)
+
+
+def D(logit):
+    return torch.sigmoid(logit)
+
+
+def test_discriminator_bce_is_the_articles_formula():
+    expected = -torch.log(D(REAL)).mean() - torch.log(1 - D(FAKE)).mean()
+    torch.testing.assert_close(discriminator_loss(REAL, FAKE, kind="bce"), expected)
+
+
+@pytest.mark.parametrize("w", [0.5, 0.3, 0.0, 1.0])
+def test_discriminator_bce_with_mismatch(w):
+    real_term = -torch.log(D(REAL)).mean()
+    fake_term = -torch.log(1 - D(FAKE)).mean()
+    mis_term = -torch.log(1 - D(MISMATCH)).mean()
+    expected = real_term + (1 - w) * fake_term + w * mis_term
+    torch.testing.assert_close(discriminator_loss(REAL, FAKE, MISMATCH, kind="bce", mismatch_weight=w), expected)
+
+
+def test_discriminator_default_is_bce_with_half_weight():
+    torch.testing.assert_close(discriminator_loss(REAL, FAKE, MISMATCH),
+                               discriminator_loss(REAL, FAKE, MISMATCH, kind="bce", mismatch_weight=0.5))
+
+
+def test_discriminator_empty_mismatch_is_ignored():
+    empty = torch.empty(0, dtype=torch.float64)
+    for kind in ("bce", "hinge"):
+        torch.testing.assert_close(discriminator_loss(REAL, FAKE, empty, kind=kind),
+                                   discriminator_loss(REAL, FAKE, kind=kind))
+
+
+def test_discriminator_hinge():
+    expected = torch.clamp(1 - REAL, min=0).mean() + torch.clamp(1 + FAKE, min=0).mean()
+    torch.testing.assert_close(discriminator_loss(REAL, FAKE, kind="hinge"), expected)
+    # hand-computed: real [0, 2, 0.5, 0] -> 0.625; fake [0.7, 2.2, 0] -> 0.9667
+    assert discriminator_loss(REAL, FAKE, kind="hinge").item() == pytest.approx(0.625 + 2.9 / 3)
+    w = 0.25
+    expected = (torch.clamp(1 - REAL, min=0).mean() + (1 - w) * torch.clamp(1 + FAKE, min=0).mean()
+                + w * torch.clamp(1 + MISMATCH, min=0).mean())
+    torch.testing.assert_close(discriminator_loss(REAL, FAKE, MISMATCH, kind="hinge", mismatch_weight=w), expected)
+
+
+def test_discriminator_unknown_kind():
+    with pytest.raises(ValueError, match="unknown loss 'wgan'; choose one of: bce, hinge"):
+        discriminator_loss(REAL, FAKE, kind="wgan")
+
+
+def test_generator_losses():
+    torch.testing.assert_close(generator_loss(FAKE, "saturating"), torch.log(1 - D(FAKE)).mean())
+    torch.testing.assert_close(generator_loss(FAKE, "nonsaturating"), -torch.log(D(FAKE)).mean())
+    torch.testing.assert_close(generator_loss(FAKE), -torch.log(D(FAKE)).mean())
+    torch.testing.assert_close(generator_loss(FAKE, "hinge"), -FAKE.mean())
+
+
+def test_saturating_loss_vanishes_when_d_rejects_fakes():
+    fake = torch.tensor([-8.0], requires_grad=True)        # D is sure the fake is fake
+    generator_loss(fake, "saturating").backward()
+    sat = fake.grad.abs().item()
+    fake.grad = None
+    generator_loss(fake, "nonsaturating").backward()
+    assert sat < 1e-3 < fake.grad.abs().item()
+
+
+def test_generator_unknown_kind():
+    with pytest.raises(ValueError, match="unknown generator loss 'bce'; choose one of: saturating, "
+                                         "nonsaturating, hinge"):
+        generator_loss(FAKE, "bce")
+
+
+def test_diversity_loss_hand_made():
+    a = torch.zeros(2, 3, 4, 4)
+    b = torch.full((2, 3, 4, 4), 0.5)
+    za, zb = torch.zeros(2, 8), torch.ones(2, 8)          # ratio = 0.5 / 1
+    assert diversity_loss(a, b, za, zb, target=1.0).item() == pytest.approx(0.5)
+    assert diversity_loss(a, b, za, zb, target=0.25).item() == 0.0     # ratio above target: no push
+    assert diversity_loss(a, a.clone(), za, zb, target=0.3).item() == pytest.approx(1.0)   # collapse
+
+
+def test_diversity_loss_pushes_images_apart():
+    a = torch.zeros(1, 3, 2, 2, requires_grad=True)
+    b = torch.full((1, 3, 2, 2), 0.1)
+    diversity_loss(a, b, torch.zeros(1, 4), torch.ones(1, 4), target=1.0).backward()
+    assert (a.grad > 0).all()          # gradient descent lowers a: away from b
+
+
+# ------------------------------------------------------------------------ config
+@pytest.mark.parametrize("field, value, allowed", [
+    ("text_encoder", "gpt", "clip, bert, minilm"),
+    ("fusion", "sum", "concat, attention"),
+    ("loss", "wgan", "hinge, bce, bce-saturating"),
+    ("norm", "layer", "spectral, batch"),
+])
+def test_config_rejects_unknown_choices(field, value, allowed):
+    with pytest.raises(ValueError, match=f"unknown {field} '{value}'; choose one of: {allowed}"):
+        GANConfig(**{field: value})
+
+
+@pytest.mark.parametrize("size", [30, 4, 48])
+def test_config_rejects_bad_image_size(size):
+    with pytest.raises(ValueError, match=f"4 times a power of two.*got {size}"):
+        GANConfig(image_size=size)
+
+
+@pytest.mark.parametrize("decay", [1.0, -0.1])
+def test_config_rejects_bad_ema_decay(decay):
+    with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
+        GANConfig(ema_decay=decay)
+
+
+def test_classic_config():
+    c = GANConfig.classic()
+    assert c.loss == "bce" and c.norm == "batch" and c.ema_decay == 0
+    assert c.lr_g == c.lr_d
+    assert c.d_loss_kind == "bce" and c.g_loss_kind == "nonsaturating"
+    assert GANConfig.classic(z_dim=16, loss="bce-saturating").z_dim == 16
+    assert GANConfig.classic(loss="bce-saturating").g_loss_kind == "saturating"
+
+
+def test_default_config_loss_kinds():
+    c = GANConfig()
+    assert (c.loss, c.d_loss_kind, c.g_loss_kind) == ("hinge", "hinge", "hinge")
+    assert c.betas == (0.0, 0.9) and isinstance(GANConfig(betas=[0.5, 0.9]).betas, tuple)

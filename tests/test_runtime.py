@@ -1,0 +1,144 @@
+"""Runtime: profiles, the MMTUTOR_PROFILE override, seeding, devices, config checks and
+checkpoint files; and the model cache of ``zoo``."""
+
+import dataclasses
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import mmtutor as mm
+from mmtutor import runtime
+from mmtutor.runtime import CheckpointError
+
+
+# ------------------------------------------------------------------------ profiles
+def test_profile_by_name():
+    smoke, cpu, gpu = (runtime.profile(n) for n in ("smoke", "cpu", "gpu"))
+    assert (smoke.name, cpu.name, gpu.name) == ("smoke", "cpu", "gpu")
+    assert smoke.gan_steps < cpu.gan_steps < gpu.gan_steps
+    assert smoke.pool_size < cpu.pool_size and smoke.g_channels <= cpu.g_channels
+    assert gpu.image_size == 64 and cpu.image_size == smoke.image_size == 32
+
+
+def test_unknown_profile_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown profile 'nope'; choose one of: smoke, cpu, gpu"):
+        runtime.profile("nope")
+
+
+def test_profile_env_override(monkeypatch):
+    monkeypatch.setenv(runtime.PROFILE_ENV, "smoke")
+    assert runtime.PROFILE_ENV == "MMTUTOR_PROFILE"
+    assert runtime.profile().name == "smoke"
+    assert runtime.profile(dev=torch.device("cpu")).name == "smoke"
+    assert runtime.profile("gpu").name == "gpu"            # an explicit name wins
+    monkeypatch.setenv(runtime.PROFILE_ENV, "bogus")
+    with pytest.raises(ValueError, match="unknown profile 'bogus'.*MMTUTOR_PROFILE"):
+        runtime.profile()
+
+
+def test_profile_default_follows_device(monkeypatch):
+    monkeypatch.delenv(runtime.PROFILE_ENV, raising=False)
+    assert runtime.profile(dev=torch.device("cpu")).name == "cpu"
+    assert runtime.profile(dev=torch.device("cuda")).name == "gpu"
+
+
+# ------------------------------------------------------------------------ seeding and devices
+def test_seed_everything_makes_randomness_reproducible():
+    g1 = runtime.seed_everything(123)
+    a = (torch.randn(5), random.random(), np.random.rand(), torch.randn(3, generator=g1))
+    g2 = runtime.seed_everything(123)
+    b = (torch.randn(5), random.random(), np.random.rand(), torch.randn(3, generator=g2))
+    assert torch.equal(a[0], b[0]) and a[1] == b[1] and a[2] == b[2] and torch.equal(a[3], b[3])
+    runtime.seed_everything(124)
+    assert not torch.equal(torch.randn(5), a[0])
+
+
+def test_device_cpu_and_unknown():
+    assert runtime.device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'tpu'; choose one of: cpu, cuda, mps"):
+        runtime.device("tpu")
+
+
+def test_device_cuda_without_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        assert runtime.device("cuda").type == "cuda"
+        return
+    with pytest.raises(ValueError, match="'cuda' requested but no CUDA GPU is available"):
+        runtime.device("cuda")
+
+
+def test_describe_names_device_profile_and_seed():
+    line = runtime.describe(torch.device("cpu"), runtime.profile("smoke"), 7)
+    assert "device: cpu" in line and "profile: smoke" in line and "seed: 7" in line
+
+
+def test_autocast_disabled_is_a_no_op():
+    with runtime.autocast(torch.device("cpu"), enabled=False):
+        y = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert y.dtype == torch.float32
+
+
+# ------------------------------------------------------------------------ configs and checkpoints
+def test_check_config_names_the_differing_field():
+    runtime.check_config({"a": 1, "b": (1, 2)}, {"a": 1, "b": [1, 2]})       # tuple == list: fine
+    with pytest.raises(CheckpointError, match="saved with b=2, but this model has b=3"):
+        runtime.check_config({"a": 1, "b": 2}, {"a": 1, "b": 3}, source="x.pt")
+    with pytest.raises(CheckpointError, match="has no config field 'c'"):
+        runtime.check_config({"a": 1}, {"a": 1, "c": 0})
+    with pytest.raises(CheckpointError, match="unexpected config field 'd'=4"):
+        runtime.check_config({"a": 1, "d": 4}, {"a": 1})
+
+
+def test_dataclass_from_dict():
+    c = runtime.dataclass_from_dict(mm.GANConfig, {"z_dim": 16, "betas": [0.5, 0.9]})
+    assert c.z_dim == 16 and c.betas == (0.5, 0.9)
+    with pytest.raises(CheckpointError, match=r"unknown fields for GANConfig: \['colour'\]"):
+        runtime.dataclass_from_dict(mm.GANConfig, {"colour": 1})
+
+
+def test_checkpoint_round_trip(tmp_path):
+    state = {"m": {"w": torch.arange(6.0).view(2, 3)}}
+    path = runtime.save_checkpoint(tmp_path / "sub" / "c.pt", {"x": 1, "t": [1, 2]}, state, kind="demo", note="hi")
+    assert path.is_file() and not path.with_name("c.pt.tmp").exists()
+    ckpt = runtime.load_checkpoint(path, kind="demo", expect_config={"x": 1, "t": (1, 2)})
+    assert torch.equal(ckpt["state"]["m"]["w"], state["m"]["w"]) and ckpt["note"] == "hi"
+    with pytest.raises(CheckpointError, match="holds a 'demo' checkpoint, expected 'gan'"):
+        runtime.load_checkpoint(path, kind="gan")
+    with pytest.raises(CheckpointError, match="saved with x=1, but this model has x=2"):
+        runtime.load_checkpoint(path, expect_config={"x": 2, "t": [1, 2]})
+
+
+def test_load_checkpoint_rejects_foreign_files(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match="not an mmtutor checkpoint"):
+        runtime.load_checkpoint(tmp_path / "plain.pt")
+    (tmp_path / "text.pt").write_text("hello, I am not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="text.pt is not"):
+        runtime.load_checkpoint(tmp_path / "text.pt")
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        runtime.load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(FileNotFoundError):
+        runtime.load_checkpoint(tmp_path)                      # a folder is not a checkpoint
+
+
+# ------------------------------------------------------------------------ zoo: the model cache
+def test_cache_dir_is_the_test_temp_folder(tmp_cache):
+    assert mm.zoo.cache_dir() == tmp_cache
+    assert os.environ["MMTUTOR_CACHE"] == str(tmp_cache)
+
+
+def test_zoo_trains_once_then_loads(world, smoke, tmp_cache):
+    prof = dataclasses.replace(smoke, judge_steps=2)
+    j1, info1 = mm.zoo.judge(world, prof, device="cpu", progress=False)
+    assert info1["cached"] is False
+    assert os.path.dirname(info1["path"]) == str(tmp_cache) and os.path.isfile(info1["path"])
+    j2, info2 = mm.zoo.judge(world, prof, device="cpu", progress=False)
+    assert info2["cached"] is True and info2["path"] == info1["path"]
+    images, _, _ = world.sample(8, seed=0)
+    assert torch.equal(j1.predict(images), j2.predict(images))
+    # another budget is another model
+    _, info3 = mm.zoo.judge(world, dataclasses.replace(prof, judge_steps=1), device="cpu", progress=False)
+    assert info3["path"] != info1["path"] and info3["cached"] is False
