@@ -121,6 +121,7 @@ class GANConfig:
     betas: tuple = (0.0, 0.9)
     mismatch_weight: float = 0.5   # weight of (real image, wrong text) among D's fakes; 0 = plain conditional GAN
     interp_fraction: float = 0.25  # share of G's batch conditioned on interpolated captions (GAN-INT)
+    standardize_text: bool = True  # z-score each text feature over the training captions (fit once, stored)
     diversity_weight: float = 1.0  # mode-seeking term (MSGAN/DSGAN): one caption, two z, images must differ; 0 = off
 
     def __post_init__(self):
@@ -256,6 +257,7 @@ class ConditionalGAN:
             self.aligner.requires_grad_(False)   # frozen: the GAN never changes the aligned encoders
         self.minilm = load_minilm(device=self.device) if config.text_encoder == "minilm" else None
         self._cache: dict[str, tuple] = {}
+        self.text_stats: tuple[torch.Tensor, torch.Tensor] | None = None   # (mean, std) of training captions
         probe = self.text_features(["a red apple on the table"])
         text_dim = probe.pooled.shape[1]
         word_dim = probe.tokens.shape[2] if probe.tokens is not None else None
@@ -299,6 +301,17 @@ class ConditionalGAN:
             words[i, :len(s)], mask[i, :len(s)] = s, 1
         return TextCondition(pooled, words, mask).to(self.device)
 
+    def condition(self, captions: list[str]) -> TextCondition:
+        """What G and D read: the caption features, each sentence feature z-scored with the
+        statistics of the training captions (``standardize_text``). Pretrained MiniLM vectors of
+        captions that differ in one word ("left" / "right") are nearly parallel; z-scoring
+        removes what all captions share and makes the differences as large as the rest."""
+        text = self.text_features(captions)
+        if self.text_stats is not None:
+            mean, std = (s.to(text.pooled.device) for s in self.text_stats)
+            text = TextCondition((text.pooled - mean) / std, text.tokens, text.mask)
+        return text
+
     # ---------------------------------------------------------------- training
     def fit(self, pool: PairPool, steps: int = 2000, batch_size: int = 64, seed: int = 0,
             bf16: bool = True, max_seconds: float | None = None, log_every: int = 25,
@@ -322,7 +335,10 @@ class ConditionalGAN:
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         t_prep = time.perf_counter()
-        bank = self.text_features(pool.captions)                            # caption features, once
+        raw = self.text_features(pool.captions)                             # caption features, once
+        if cfg.standardize_text and self.text_stats is None:
+            self.text_stats = (raw.pooled.mean(0).cpu(), raw.pooled.std(0).clamp(min=1e-6).cpu())
+        bank = self.condition(pool.captions)
         prep_seconds = time.perf_counter() - t_prep
         opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
         opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
@@ -464,7 +480,7 @@ class ConditionalGAN:
     def _generate_z(self, captions: list[str], z: torch.Tensor) -> torch.Tensor:
         g = self.sampler
         g.eval()
-        out = g(z.to(self.device), self.text_features(captions))
+        out = g(z.to(self.device), self.condition(captions))
         if not torch.isfinite(out).all():
             raise TrainingDiverged("the generator produced NaN/inf pixels; its weights are broken "
                                    "(reload a good checkpoint)")
@@ -504,7 +520,7 @@ class ConditionalGAN:
         self._check([caption_a, caption_b])
         if steps < 2 or n <= 0:
             raise ValueError("interpolation needs steps >= 2 and n >= 1")
-        a, b = self.text_features([caption_a]), self.text_features([caption_b])
+        a, b = self.condition([caption_a]), self.condition([caption_b])
         z = torch.randn(n, self.config.z_dim, generator=torch.Generator().manual_seed(seed)).to(self.device)
         g = self.sampler
         g.eval()
@@ -523,9 +539,13 @@ class ConditionalGAN:
         if len(images) != len(captions):
             raise ValueError(f"got {len(images)} images but {len(captions)} captions; pass one caption per image")
         self.D.eval()
-        return torch.sigmoid(self.D(images.to(self.device), self.text_features(captions).pooled)).cpu()
+        return torch.sigmoid(self.D(images.to(self.device), self.condition(captions).pooled)).cpu()
 
     # ---------------------------------------------------------------- checkpoints
+    def _load_text_stats(self, state: dict) -> None:
+        st = state.get("text_stats")
+        self.text_stats = (st["mean"].cpu(), st["std"].cpu()) if st is not None else None
+
     def checkpoint_config(self) -> dict:
         return {**asdict(self.config), "world": self.world.config()}
 
@@ -534,6 +554,8 @@ class ConditionalGAN:
         state = {"G": self.G.state_dict(), "D": self.D.state_dict()}
         if self.G_ema is not None:
             state["G_ema"] = self.G_ema.state_dict()
+        if self.text_stats is not None:
+            state["text_stats"] = {"mean": self.text_stats[0], "std": self.text_stats[1]}
         extra = {"steps_done": self.steps_done, "history": history or {}}
         if self.aligner is not None:
             extra["aligner"] = {"config": asdict(self.aligner.config), "text_spec": self.aligner.text_encoder.spec,
@@ -549,6 +571,7 @@ class ConditionalGAN:
         self.D.load_state_dict(ckpt["state"]["D"])
         if self.G_ema is not None:
             self.G_ema.load_state_dict(ckpt["state"]["G_ema"])
+        self._load_text_stats(ckpt["state"])
         self.steps_done = ckpt.get("steps_done", 0)
 
     @classmethod
@@ -572,6 +595,7 @@ class ConditionalGAN:
         gan.D.load_state_dict(ckpt["state"]["D"])
         if gan.G_ema is not None:
             gan.G_ema.load_state_dict(ckpt["state"]["G_ema"])
+        gan._load_text_stats(ckpt["state"])
         gan.steps_done = ckpt.get("steps_done", 0)
         gan.history = ckpt.get("history", {})
         gan.G.eval()

@@ -2,9 +2,9 @@
 R-precision.
 
 * The **judge** is an attribute classifier (one head per attribute) trained only on rendered
-  *real* images. Because the world's ground truth is exact, the judge can read colour,
-  object, relation and size back out of any image; its accuracy on fresh real renders
-  (seen and held-out combinations) is reported so we know how far to trust it.
+  *real* images of the training combinations. Because the world's ground truth is exact, it
+  reads colour, object, relation and size back out of any image; its accuracy on fresh real
+  renders of seen and of held-out combinations is reported so we know how far to trust it.
 * **Caption consistency**: generate images for captions, let the judge read them, and count
   how often each attribute the caption names is there -- per attribute and jointly (all
   named attributes right), separately for seen and held-out combinations.
@@ -87,14 +87,15 @@ class Judge(nn.Module):
 
 def train_judge(world: World, steps: int = 600, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
                 device=None, bf16: bool = True, progress: bool = True,
-                data: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[Judge, dict]:
-    """Train a judge on fresh renders of every attribute combination.
+                data: tuple[torch.Tensor, torch.Tensor] | None = None, split: str = "train") -> tuple[Judge, dict]:
+    """Train a judge on fresh renders of the training combinations.
 
-    The judge is the measuring instrument, not the model under test: it must read held-out
-    combinations as reliably as seen ones, so it sees all of them (the generator never sees
-    the judge, and never sees a held-out combination). With ``data=(images, attrs)`` the same
-    classifier learns from a fixed set instead -- e.g. generated images labelled by their
-    captions (classification accuracy score). Returns (judge, history)."""
+    The held-out combinations stay held out even from the judge: its accuracy on them
+    (reported by ``judge_accuracy(..., split="heldout")``) shows that it reads attributes, not
+    memorised scenes, which is what lets it grade a generator's held-out images. With
+    ``data=(images, attrs)`` the same classifier learns from a fixed set instead -- e.g.
+    generated images labelled by their captions (classification accuracy score).
+    ``split="all"`` trains on every combination. Returns (judge, history)."""
     dev = torch.device(device) if device is not None else runtime.device()
     if data is not None:
         images, labels = data
@@ -106,7 +107,9 @@ def train_judge(world: World, steps: int = 600, batch_size: int = 128, lr: float
     opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)
-    combos = torch.tensor(world.splits["all"])
+    if split not in world.splits:
+        raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(world.splits)}")
+    combos = torch.tensor(world.splits[split])
     hist = {"step": [], "loss": []}
     t0 = time.perf_counter()
     judge.train()

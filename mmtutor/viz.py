@@ -109,18 +109,29 @@ def pca_2d(*embeddings: torch.Tensor) -> list[torch.Tensor]:
 
 
 def embedding_map(text_emb: torch.Tensor, image_emb: torch.Tensor, labels: list[str], ax=None,
-                  title: str | None = None):
-    """Texts (crosses) and images (dots) in one 2-D PCA map of the joint space, coloured by label."""
+                  title: str | None = None, separate_labels: bool = True):
+    """Texts (crosses) and images (dots) of the joint space in 2-D, coloured by label.
+
+    ``separate_labels=True`` projects onto the two directions along which the labels' mean
+    embeddings differ most (PCA of the class means, a linear map); False uses plain PCA."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 5))
-    t2, i2 = pca_2d(text_emb, image_emb)
+    t, v = text_emb.detach().float().cpu(), image_emb.detach().float().cpu()
     names = sorted(set(labels))
+    if separate_labels:
+        both, lab2 = torch.cat([t, v]), labels + labels
+        means = torch.stack([both[[i for i, lab in enumerate(lab2) if lab == n]].mean(0) for n in names])
+        center = both.mean(0, keepdim=True)
+        _, _, vt = torch.linalg.svd(means - means.mean(0, keepdim=True), full_matrices=False)
+        t2, i2 = (t - center) @ vt[:2].t(), (v - center) @ vt[:2].t()
+    else:
+        t2, i2 = pca_2d(t, v)
     cmap = plt.get_cmap("tab10")
     for k, name in enumerate(names):
         idx = torch.tensor([i for i, lab in enumerate(labels) if lab == name])
-        ax.scatter(i2[idx, 0], i2[idx, 1], s=14, color=cmap(k % 10), alpha=0.6, label=f"{name} (image)")
-        ax.scatter(t2[idx, 0], t2[idx, 1], s=60, marker="x", color=cmap(k % 10))
-    ax.legend(fontsize=7, loc="best")
+        ax.scatter(i2[idx, 0], i2[idx, 1], s=14, color=cmap(k % 10), alpha=0.5, label=f"{name}")
+        ax.scatter(t2[idx, 0], t2[idx, 1], s=50, marker="x", color=cmap(k % 10))
+    ax.legend(fontsize=7, loc="best", title="dots: images, x: captions", title_fontsize=7)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:

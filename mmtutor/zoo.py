@@ -53,7 +53,7 @@ def _info(path: Path, cached: bool, history: dict, seconds: float) -> dict:
 def judge(world: World, prof: runtime.Profile, seed: int = 0, device=None, progress: bool = True):
     """The attribute classifier used to measure every generated image. Returns (judge, info)."""
     dev = torch.device(device) if device is not None else runtime.device()
-    path = _path("judge", {"world": world.config(), "steps": prof.judge_steps, "seed": seed})
+    path = _path("judge", {"world": world.config(), "steps": prof.judge_steps, "seed": seed, "split": "train"})
     if path.exists():
         j = Judge.load(path, map_location=dev)
         return j, _info(path, True, j.history, j.history.get("seconds", 0.0))
@@ -109,7 +109,7 @@ def gan(world: World, prof: runtime.Profile, config: GANConfig | None = None, se
     g = ConditionalGAN(config, world, aligner=al, device=dev)
     t0 = time.perf_counter()
     hist = g.fit(pool(world, prof, n_images=n_images, seed=seed), steps=steps, batch_size=prof.batch_size,
-                 seed=seed, bf16=prof.bf16, snapshot_every=max(steps // 6, 1),
+                 seed=seed, bf16=prof.bf16, snapshot_every=-(-steps // 6),
                  snapshot_captions=SNAPSHOT_CAPTIONS, progress=progress)
     hist["wall_seconds"] = time.perf_counter() - t0
     g.history = hist
