@@ -29,6 +29,7 @@ def latency(gan, n: int, repeats: int = 20) -> float:
 
 def run(name: str, config: mm.GANConfig, world, prof, judge, budget: float, seed: int = 0) -> dict:
     torch.manual_seed(seed)
+    mm.text._load_minilm.cache_clear()            # each recipe pays for loading MiniLM and encoding its captions
     t_start = time.perf_counter()
     t = time.perf_counter()
     pool = mm.zoo.pool(world, prof, seed=seed)
@@ -37,7 +38,7 @@ def run(name: str, config: mm.GANConfig, world, prof, judge, budget: float, seed
     gan = mm.ConditionalGAN(config, world, device="cpu")           # loads MiniLM (once per process)
     gan.text_features(pool.captions)                               # encodes the caption bank
     text_seconds = time.perf_counter() - t
-    left = budget - (time.perf_counter() - t_start)
+    left = budget - (time.perf_counter() - t_start) - 0.5   # the last step (~0.1 s) must end inside the budget
     hist = gan.fit(pool, steps=10**6, batch_size=prof.batch_size, seed=seed, bf16=prof.bf16,
                    max_seconds=left, progress=False)
     total = time.perf_counter() - t_start
@@ -79,7 +80,7 @@ def main():
     c = ours["consistency"]
     targets = {"seen_joint_>=_0.95": c["seen"]["joint"] >= 0.95, "heldout_joint_>=_0.85": c["heldout"]["joint"] >= 0.85,
                "no_mode_collapse": not ours["diversity"]["collapsed"],
-               "within_budget": ours["seconds"]["total_wall"] <= args.budget + 1.0}
+               "within_budget": ours["seconds"]["total_wall"] <= args.budget}
     write("gan", {"judge": {"train_seconds": round(judge_seconds, 1), "accuracy_real": judge_acc},
                   "book_recipe": ours, "classic_recipe": classic, "targets_met": targets})
 

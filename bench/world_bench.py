@@ -10,7 +10,6 @@ Writes bench/results/world.json.
 """
 import time
 
-import torch
 
 import mmtutor as mm
 from common import write

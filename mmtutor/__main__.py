@@ -15,7 +15,6 @@ import sys
 import time
 from dataclasses import asdict
 
-import torch
 
 from . import metrics, runtime, viz, zoo
 from .data import PairPool

@@ -53,6 +53,16 @@ class TextCondition:
         ma, mb = _pad(self.mask, L), _pad(other.mask, L)
         return TextCondition(pooled, beta * a + (1 - beta) * b, torch.maximum(ma, mb))
 
+    @staticmethod
+    def cat(*conds: "TextCondition") -> "TextCondition":
+        """Stack several conditions into one batch (word features padded to a common length)."""
+        pooled = torch.cat([c.pooled for c in conds])
+        if conds[0].tokens is None:
+            return TextCondition(pooled)
+        L = max(c.tokens.shape[1] for c in conds)
+        return TextCondition(pooled, torch.cat([_pad(c.tokens, L) for c in conds]),
+                             torch.cat([_pad(c.mask, L) for c in conds]))
+
 
 def _pad(x: torch.Tensor, length: int) -> torch.Tensor:
     if x.shape[1] == length:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from . import runtime
 from .data import PairPool, caption_matches
 from .fusion import FUSIONS, TextCondition
-from .text import check_captions, load_minilm
+from .text import check_captions, load_minilm, pad_sequences
 from .vision import check_images, n_halvings
 from .world import World
 
@@ -276,16 +276,10 @@ class ConditionalGAN:
         captions = check_captions(captions)
         todo = list(dict.fromkeys(c for c in captions if c not in self._cache))
         want_words = self.config.fusion == "attention"
+        enc = self.text_encoder.eval()
         for i in range(0, len(todo), 512):
             chunk = todo[i:i + 512]
-            if self.config.text_encoder == "minilm":
-                enc = self.minilm
-                pooled = enc.encode(chunk)
-            else:
-                enc = self.aligner.text_encoder
-                enc.eval()
-                pooled = (self.aligner.embed_text(chunk) if self.config.text_encoder == "clip"
-                          else enc.encode(chunk))
+            pooled = self.aligner.embed_text(chunk) if self.config.text_encoder == "clip" else enc.encode(chunk)
             words, mask = enc.encode_tokens(chunk) if want_words else (None, None)
             for j, c in enumerate(chunk):
                 n = int(mask[j].sum()) if want_words else 0
@@ -293,12 +287,7 @@ class ConditionalGAN:
         pooled = torch.stack([self._cache[c][0] for c in captions])
         if not want_words:
             return TextCondition(pooled).to(self.device)
-        seqs = [self._cache[c][1] for c in captions]
-        L = max(len(s) for s in seqs)
-        words = torch.zeros(len(seqs), L, seqs[0].shape[1])
-        mask = torch.zeros(len(seqs), L, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            words[i, :len(s)], mask[i, :len(s)] = s, 1
+        words, mask = pad_sequences([self._cache[c][1] for c in captions])
         return TextCondition(pooled, words, mask).to(self.device)
 
     def condition(self, captions: list[str]) -> TextCondition:
@@ -391,7 +380,7 @@ class ConditionalGAN:
             g_text = text[order]
             if n_int:
                 perm = torch.randperm(batch_size, generator=gen)[:n_int]
-                g_text = _cat_conditions(g_text[slice(0, n_int)].mix(text[perm], 0.5), g_text[slice(n_int, None)])
+                g_text = TextCondition.cat(g_text[:n_int].mix(text[perm], 0.5), g_text[n_int:])
             with runtime.autocast(dev, bf16):
                 g_fake = self.G(z, g_text)
                 g_loss = generator_loss(self.D(g_fake, g_text.pooled).float(), cfg.g_loss_kind)
@@ -527,7 +516,7 @@ class ConditionalGAN:
         rows = []
         for r in range(n):
             conds = [b.mix(a, float(beta)) for beta in torch.linspace(0, 1, steps)]
-            text = _cat_conditions(*conds)
+            text = TextCondition.cat(*conds)
             rows.append(g(z[r:r + 1].expand(steps, -1), text).float())
         return torch.cat(rows).cpu()
 
@@ -610,16 +599,6 @@ def _ema_with_warmup(decay: float):
         d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
         return d * averaged + (1.0 - d) * current
     return avg_fn
-
-
-def _cat_conditions(*conds: TextCondition) -> TextCondition:
-    pooled = torch.cat([c.pooled for c in conds])
-    if conds[0].tokens is None:
-        return TextCondition(pooled)
-    L = max(c.tokens.shape[1] for c in conds)
-    from .fusion import _pad
-    return TextCondition(pooled, torch.cat([_pad(c.tokens, L) for c in conds]),
-                         torch.cat([_pad(c.mask, L) for c in conds]))
 
 
 __all__ = ["GANConfig", "Generator", "Discriminator", "ConditionalGAN", "discriminator_loss",

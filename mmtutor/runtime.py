@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -186,4 +186,4 @@ def dataclass_from_dict(cls, data: dict):
 
 __all__ = ["device", "Profile", "PROFILES", "profile", "seed_everything", "autocast", "describe",
            "save_checkpoint", "load_checkpoint", "check_config", "CheckpointError",
-           "dataclass_from_dict", "asdict", "replace", "bf16_supported"]
+           "dataclass_from_dict", "bf16_supported"]

@@ -57,6 +57,16 @@ def _quiet_transformers():
     hf_logging.disable_progress_bar()
 
 
+def pad_sequences(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Variable-length (L_i, D) tensors -> zero-padded (N, L, D) and a (N, L) mask of 1s and 0s."""
+    L = max(len(s) for s in seqs)
+    out = seqs[0].new_zeros(len(seqs), L, seqs[0].shape[1])
+    mask = torch.zeros(len(seqs), L, dtype=torch.long, device=seqs[0].device)
+    for i, s in enumerate(seqs):
+        out[i, :len(s)], mask[i, :len(s)] = s, 1
+    return out, mask
+
+
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the real (mask == 1) tokens: (N, L, D), (N, L) -> (N, D)."""
     m = mask.unsqueeze(-1).to(tokens.dtype)
@@ -241,12 +251,7 @@ class MiniLM(TextEncoder):
 
     def encode_tokens(self, captions):
         self._fill_cache(captions)
-        seqs = [self._cache[c][0] for c in captions]
-        L = max(len(s) for s in seqs)
-        out = torch.zeros(len(seqs), L, self.dim)
-        mask = torch.zeros(len(seqs), L, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            out[i, :len(s)], mask[i, :len(s)] = s, 1
+        out, mask = pad_sequences([self._cache[c][0] for c in captions])
         return out.to(self.device), mask.to(self.device)
 
 
@@ -273,4 +278,4 @@ def build_text_encoder(spec: dict) -> TextEncoder:
 
 
 __all__ = ["WordTokenizer", "TextEncoder", "SmallBert", "MiniLM", "load_minilm", "minilm_path",
-           "check_captions", "masked_mean", "build_text_encoder"]
+           "check_captions", "masked_mean", "pad_sequences", "build_text_encoder"]
