@@ -164,15 +164,14 @@ def attention_maps(weights: torch.Tensor, tokens: list[str], image: torch.Tensor
     return fig
 
 
-def glue(name: str, value, display: bool = False):
-    """Hand a computed number to the book's prose ({glue:}`name` in MyST); outside a book
-    build (Colab, plain Jupyter) it does nothing but return the value."""
+def glue(name: str, value, display: bool = False) -> None:
+    """Hand a computed number to the book's prose ({glue:text}`name` in MyST). Outside a book
+    build (Colab without myst-nb) it does nothing; the printed outputs still show the value."""
     try:
         from myst_nb import glue as _glue
     except ImportError:
-        return value
+        return
     _glue(name, value, display=display)
-    return value
 
 
 __all__ = ["glue", "image_grid", "save_grid", "show_grid", "caption_rows", "plot_history", "similarity_heatmap",
