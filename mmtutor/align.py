@@ -116,16 +116,17 @@ class DualEncoder(nn.Module):
     @torch.no_grad()
     def encode(self, images: torch.Tensor | None = None, captions: list[str] | None = None,
                batch_size: int = 512):
-        """Embeddings in eval mode, batched; returns what was asked for (text, image or both)."""
+        """Embeddings in eval mode, batched; returns what was asked for (text, image or both),
+        on the CPU whatever device the model runs on, so they mix freely with images and labels."""
         was = self.training
         self.eval()
         out = []
         if captions is not None:
             captions = check_captions(captions)
-            out.append(torch.cat([self.embed_text(captions[i:i + batch_size])
+            out.append(torch.cat([self.embed_text(captions[i:i + batch_size]).float().cpu()
                                   for i in range(0, len(captions), batch_size)]))
         if images is not None:
-            out.append(torch.cat([self.embed_images(images[i:i + batch_size].to(self.device))
+            out.append(torch.cat([self.embed_images(images[i:i + batch_size].to(self.device)).float().cpu()
                                   for i in range(0, len(images), batch_size)]))
         self.train(was)
         return out[0] if len(out) == 1 else tuple(out)

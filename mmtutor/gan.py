@@ -491,7 +491,8 @@ class ConditionalGAN:
     def generate(self, captions: list[str], n_per_caption: int = 1, seed: int = 0,
                  z: torch.Tensor | None = None) -> torch.Tensor:
         """Images for captions: (len(captions) * n_per_caption, 3, S, S) in [-1, 1], grouped by
-        caption (all samples of caption 0 first). ``seed`` fixes the noise."""
+        caption (all samples of caption 0 first), float32 on the CPU whatever device G runs on
+        (images are for looking at and measuring). ``seed`` fixes the noise."""
         captions = self._check(captions)
         if not isinstance(n_per_caption, int) or n_per_caption <= 0:
             raise ValueError(f"n_per_caption must be a positive integer, got {n_per_caption!r}")
@@ -500,7 +501,7 @@ class ConditionalGAN:
             z = torch.randn(len(reps), self.config.z_dim, generator=torch.Generator().manual_seed(seed))
         elif z.shape != (len(reps), self.config.z_dim):
             raise ValueError(f"z must have shape ({len(reps)}, {self.config.z_dim}), got {tuple(z.shape)}")
-        return torch.cat([self._generate_z(reps[i:i + 512], z[i:i + 512]) for i in range(0, len(reps), 512)])
+        return torch.cat([self._generate_z(reps[i:i + 512], z[i:i + 512]).cpu() for i in range(0, len(reps), 512)])
 
     @torch.no_grad()
     def interpolate(self, caption_a: str, caption_b: str, steps: int = 8, n: int = 1, seed: int = 0) -> torch.Tensor:
