@@ -116,7 +116,7 @@ def train_judge(world: World, steps: int = 600, batch_size: int = 128, lr: float
     for step in tqdm(range(steps), desc="judge", disable=not progress, leave=False):
         if data is None:
             attrs = combos[torch.randint(len(combos), (batch_size,), generator=gen)]
-            x = world.render_index(attrs, gen).to(dev)
+            x = world.render_index(attrs, gen, device=dev)           # rendered where the judge trains
         else:
             idx = torch.randint(len(images), (batch_size,), generator=gen)
             x, attrs = images[idx].to(dev), labels[idx]

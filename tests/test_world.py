@@ -272,3 +272,15 @@ def test_render_index_checks_range(world):
         world.render_index(torch.tensor([[0, 9, 0, 0]]))
     with pytest.raises(ValueError, match=r"\(N, 4\)"):
         world.render_index(torch.tensor([0, 1, 0, 0]))
+
+
+def test_render_index_device_argument_and_chunking_keep_the_scenes(world):
+    # The random layout is drawn in chunks of 256 on the CPU whatever the device, so one call
+    # for 300 scenes starts with exactly the scenes of a call for the first 256.
+    index = torch.tensor(world.splits["all"][:300])
+    full = world.render_index(index, torch.Generator().manual_seed(3))
+    on_cpu = world.render_index(index, torch.Generator().manual_seed(3), device="cpu")
+    first = world.render_index(index[:256], torch.Generator().manual_seed(3))
+    assert torch.equal(full, on_cpu)
+    assert torch.equal(full[:256], first)
+    assert on_cpu.device.type == "cpu"
