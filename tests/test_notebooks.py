@@ -45,3 +45,17 @@ def test_config_points_launch_buttons_at_this_repository():
     assert "executablebooks" not in cfg["repository"]["url"]
     assert cfg["repository"]["branch"] and "path_to_book" in cfg["repository"]
     assert cfg["sphinx"]["config"]["nb_execution_raise_on_error"] is True
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_chapter_script_for_timing_is_valid_python_without_the_colab_cell(path):
+    """tools/time_chapters.py runs each chapter's code cells as one script (for GPU timing)."""
+    import ast
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("time_chapters", path.parents[1] / "tools" / "time_chapters.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    script = mod.chapter_script(path)
+    ast.parse(script)
+    assert "google.colab" not in script
+    assert "mm.runtime.device()" in script
