@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import time
+from functools import lru_cache
 from dataclasses import asdict
 from pathlib import Path
 
@@ -63,8 +64,14 @@ def judge(world: World, prof: runtime.Profile, seed: int = 0, device=None, progr
 
 
 def pool(world: World, prof: runtime.Profile, n_images: int | None = None, seed: int = 0) -> PairPool:
-    """The training pairs every model of a profile learns from (rendered in a second or two)."""
-    return PairPool(world, "train", n_images=n_images or prof.pool_size, seed=seed)
+    """The training pairs every model of a profile learns from. Rendered once per process and
+    shared (a pool is read-only and fully determined by world, size and seed)."""
+    return _pool(json.dumps(world.config(), sort_keys=True), n_images or prof.pool_size, seed)
+
+
+@lru_cache(maxsize=4)
+def _pool(world_config: str, n_images: int, seed: int) -> PairPool:
+    return PairPool(World(**json.loads(world_config)), "train", n_images=n_images, seed=seed)
 
 
 def aligner(world: World, prof: runtime.Profile, config: AlignConfig | None = None, seed: int = 0,
