@@ -4,14 +4,13 @@ Step 3 of the article: map text features and image features into one shared sema
 space, pulling matching (caption, image) pairs together and pushing the others apart.
 
 * two towers -- a text encoder (``text.py``) and a CNN (``vision.py``) -- each followed by a
-  projection into a ``embed_dim``-dimensional space, L2-normalised;
-* similarity logits ``s * <t_i, v_j>`` with a learnable temperature, ``log s`` initialised
-  at ln(1/0.07) and clamped at ln(100) as in CLIP;
-* the symmetric cross-entropy loss (text->image and image->text), as in open_clip's
-  ``ClipLoss``, with one change: in our world many captions describe the *same* attributes,
-  so a caption and an image of identical attributes are not treated as a negative pair --
-  the target distribution spreads over every image that matches the caption
-  (``positives``). With ``positives=None`` this is exactly CLIP's loss.
+  projection into an ``embed_dim``-dimensional space, L2-normalised;
+* similarity logits ``s * <t_i, v_j>`` where ``s = exp(logit_scale)`` is a learnable
+  *inverse* temperature, initialised at 1/0.07 and capped at 100 as in CLIP;
+* the symmetric cross-entropy loss ``losses.clip_loss`` (InfoNCE in both directions, as
+  open_clip's ``ClipLoss``), with one change: in our world many captions describe the *same*
+  attributes, so a caption and an image of identical attributes are not treated as a
+  negative pair -- the target spreads over every image that matches the caption.
 
 ``retrieval_metrics`` measures Recall@K in both directions, both for the exact pair
 (image i for caption i) and for any image whose attributes match ("semantic").
@@ -20,48 +19,24 @@ space, pulling matching (caption, image) pairs together and pushing the others a
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from . import runtime
+from . import checkpoint, checks, runtime
 from .data import PairPool, caption_matches
-from .text import SmallBert, TextEncoder, build_text_encoder, check_captions, load_minilm
-from .vision import ImageEncoder, check_images
+from .loop import Loop, TrainConfig
+from .losses import clip_loss
+from .text import SmallBert, TextEncoder, build_text_encoder, load_minilm
+from .vision import ImageEncoder
 from .world import World
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100.0)
 
 
-# ------------------------------------------------------------------------ the loss
-def clip_loss(logits: torch.Tensor, positives: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric contrastive loss.
-
-    logits: (N, N), logits[i, j] = scale * <text_i, image_j>.
-    positives: optional (N, N) bool, positives[i, j] = caption i describes image j; the
-    diagonal must be True. None means only the diagonal (plain CLIP: labels = arange(N)).
-    Returns the mean of the text->image and image->text cross-entropies.
-    """
-    n = logits.shape[0]
-    if logits.ndim != 2 or logits.shape[1] != n:
-        raise ValueError(f"logits must be square (N, N), got {tuple(logits.shape)}")
-    if positives is None:
-        labels = torch.arange(n, device=logits.device)
-        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
-    if positives.shape != logits.shape or not positives.diagonal().all():
-        raise ValueError("positives must be an (N, N) bool matrix with a True diagonal")
-    p = positives.to(logits.dtype)
-    t2i = -(p / p.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
-    i2t = -(p / p.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
-    return (t2i + i2t) / 2
-
-
-# ------------------------------------------------------------------------ the model
 @dataclass
 class AlignConfig:
     text_encoder: str = "bert"   # "bert": small BERT trained here; "minilm": frozen MiniLM + trained projection
@@ -71,46 +46,57 @@ class AlignConfig:
     text_dim: int = 64           # small BERT hidden size (MiniLM is 384, fixed)
     text_layers: int = 2
 
+    def __post_init__(self):
+        checks.choice(self.text_encoder, "text encoder", ("bert", "minilm"))
+        for name in ("embed_dim", "image_width", "text_dim", "text_layers"):
+            setattr(self, name, checks.count(getattr(self, name), name, maximum=4096))
+
 
 class DualEncoder(nn.Module):
-    """Text tower + image tower -> L2-normalised embeddings in a shared space."""
+    """Text tower + image tower -> L2-normalised embeddings in a shared space.
+
+    A frozen pretrained text tower (MiniLM) is shared and rebuilt from its package rather than
+    stored: it is not part of this module's state."""
 
     def __init__(self, config: AlignConfig, world: World, text_encoder: TextEncoder | None = None):
         super().__init__()
-        if config.text_encoder not in ("bert", "minilm"):
-            raise ValueError(f"unknown text encoder {config.text_encoder!r}; choose one of: bert, minilm")
         self.config = config
         self.world_config = world.config()
-        if text_encoder is None:
-            text_encoder = (SmallBert(world.vocabulary, dim=config.text_dim, layers=config.text_layers)
-                            if config.text_encoder == "bert" else load_minilm())
-        self.text_encoder = text_encoder
-        d = text_encoder.dim
+        if text_encoder is None and config.text_encoder == "bert":
+            text_encoder = SmallBert(world.vocabulary, dim=config.text_dim, layers=config.text_layers)
+        self.text_tower = text_encoder if config.text_encoder == "bert" else None     # trained: a submodule
+        d = text_encoder.dim if text_encoder is not None else load_minilm().dim
         self.text_proj = nn.Sequential(nn.Linear(d, 2 * config.embed_dim), nn.GELU(),
                                        nn.Linear(2 * config.embed_dim, config.embed_dim))
         self.image_encoder = ImageEncoder(config.image_size, dim=2 * config.embed_dim, width=config.image_width)
         self.image_proj = nn.Linear(2 * config.embed_dim, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
+        self.history: dict = {}
 
     @property
     def device(self) -> torch.device:
         return self.logit_scale.device
 
+    @property
+    def text_encoder(self) -> TextEncoder:
+        return self.text_tower if self.text_tower is not None else load_minilm(device=self.device)
+
     def scale(self) -> torch.Tensor:
+        """s = exp(logit_scale), the inverse temperature (capped at 100)."""
         return self.logit_scale.clamp(max=LOGIT_SCALE_MAX).exp()
 
     def text_features_to_embedding(self, feats: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_proj(feats), dim=-1)                  # (N, d) -> (N, E)
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        check_images(images, self.config.image_size, "DualEncoder.embed_images")
+        images = checks.images(images, self.config.image_size, "DualEncoder", check_values=not self.training)
         return F.normalize(self.image_proj(self.image_encoder(images)), dim=-1)   # (N, E)
 
     def embed_text(self, captions: list[str]) -> torch.Tensor:
-        return self.text_features_to_embedding(self.text_encoder.encode(check_captions(captions)))
+        return self.text_features_to_embedding(self.text_encoder.encode(checks.captions(captions, "DualEncoder")))
 
     def forward(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        """logits (N_text, N_image) = scale * <t_i, v_j>."""
+        """logits (N_text, N_image) = s * <t_i, v_j>."""
         return self.scale() * self.embed_text(captions) @ self.embed_images(images).t()
 
     @torch.no_grad()
@@ -118,68 +104,85 @@ class DualEncoder(nn.Module):
                batch_size: int = 512):
         """Embeddings in eval mode, batched; returns what was asked for (text, image or both),
         on the CPU whatever device the model runs on, so they mix freely with images and labels."""
+        if images is None and captions is None:
+            raise ValueError("DualEncoder.encode needs images, captions or both")
         was = self.training
         self.eval()
         out = []
         if captions is not None:
-            captions = check_captions(captions)
+            captions = checks.captions(captions, "DualEncoder.encode")
             out.append(torch.cat([self.embed_text(captions[i:i + batch_size]).float().cpu()
                                   for i in range(0, len(captions), batch_size)]))
         if images is not None:
+            images = checks.images(images, self.config.image_size, "DualEncoder.encode")
             out.append(torch.cat([self.embed_images(images[i:i + batch_size].to(self.device)).float().cpu()
                                   for i in range(0, len(images), batch_size)]))
         self.train(was)
         return out[0] if len(out) == 1 else tuple(out)
 
     # ---------------------------------------------------------------- checkpoints
+    def spec(self) -> dict:
+        """Config, world and text-tower spec: what it takes to rebuild this model's skeleton."""
+        return {"config": asdict(self.config), "world": self.world_config, "text_spec": self.text_encoder.spec}
+
+    @classmethod
+    def from_spec(cls, spec: dict, source: str = "checkpoint") -> "DualEncoder":
+        config = checkpoint.dataclass_from_dict(AlignConfig, spec["config"], source)
+        tower = build_text_encoder(spec["text_spec"]) if config.text_encoder == "bert" else None
+        return cls(config, World(**spec["world"]), tower)
+
     def save(self, path, history: dict | None = None) -> None:
-        """state_dict + config. A frozen pretrained text encoder (MiniLM) is not stored: it is
-        rebuilt from its package on load."""
-        state = {k: v for k, v in self.state_dict().items()
-                 if self.text_encoder.trainable or not k.startswith("text_encoder.")}
-        runtime.save_checkpoint(path, asdict(self.config), {"model": state}, kind="align",
-                                world=self.world_config, text_spec=self.text_encoder.spec, history=history or {})
+        """state_dict + spec (a frozen MiniLM is not stored: it comes from its package)."""
+        spec = self.spec()
+        checkpoint.save(path, "align", spec.pop("config"), {"model": self.state_dict()}, **spec,
+                        history=history if history is not None else self.history)
 
     @classmethod
     def load(cls, path, map_location=None) -> "DualEncoder":
-        ckpt = runtime.load_checkpoint(path, map_location=map_location, kind="align")
-        config = runtime.dataclass_from_dict(AlignConfig, ckpt["config"])
-        model = cls(config, World(**ckpt["world"]), build_text_encoder(ckpt["text_spec"]))
-        missing, unexpected = model.load_state_dict(ckpt["state"]["model"], strict=False)
-        missing = [k for k in missing if model.text_encoder.trainable or not k.startswith("text_encoder.")]
-        if missing or unexpected:
-            raise runtime.CheckpointError(f"{path} does not fit this DualEncoder: missing {missing[:3]}, "
-                                          f"unexpected {unexpected[:3]}")
+        ckpt = checkpoint.load(path, kind="align", map_location=map_location, require=("config", "state", "world",
+                                                                                          "text_spec"))
+        model = cls.from_spec({"config": ckpt["config"], "world": ckpt["world"], "text_spec": ckpt["text_spec"]},
+                              str(path))
+        checkpoint.load_state(model, ckpt["state"].get("model"), str(path))
         model.history = ckpt.get("history", {})
         return model.to(map_location or "cpu").eval()
 
 
 # ------------------------------------------------------------------------ training
-def train_alignment(model: DualEncoder, pool: PairPool, steps: int = 600, batch_size: int = 128,
-                    lr: float = 2e-3, seed: int = 0, bf16: bool = True, max_seconds: float | None = None,
-                    log_every: int = 20, progress: bool = True) -> dict:
-    """Train the dual encoder on a pool; returns a history {step, loss, scale, seconds}."""
-    if steps <= 0 or batch_size < 2:
-        raise ValueError("steps must be positive and batch_size at least 2")
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on weight matrices and kernels only -- not on
+    biases, norm gains, embeddings' scales or the logit scale (open_clip's rule: decay
+    parameters with ndim >= 2)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def train_alignment(model: DualEncoder, pool: PairPool, train: TrainConfig | None = None, lr: float = 2e-3,
+                    **train_kw) -> dict:
+    """Train the dual encoder on a pool; returns a history {step, loss, scale, seconds}.
+
+    ``train`` (or its fields as keywords: steps, batch_size, seed, ...) sets the loop."""
+    train = train or TrainConfig(**{"steps": 600, "batch_size": 128, **train_kw})
+    lr = checks.number(lr, "lr", 0, 1, low_open=True)
     dev = model.device
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(train.seed)
+    torch.manual_seed(train.seed)
     enc = model.text_encoder
     if enc.trainable:  # tokenise the whole caption bank once
         bank = {k: v.to(dev) for k, v in enc.tokenize(pool.captions).items()}
     else:              # frozen: encode the bank once, train only the projection
         bank_feats = enc.encode(pool.captions).to(dev)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 20)
+    opt = torch.optim.AdamW(decay_groups(model, 0.01), lr=lr)
+    warmup = max(1, train.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    hist = {"step": [], "loss": [], "scale": [], "seconds": []}
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, train.steps) / train.steps)))
+    bf16 = train.bf16
     model.train()
-    t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc="alignment", disable=not progress, leave=False)
-    for step in bar:
-        images, cap, attrs = pool.batch(batch_size, gen)
+    loop = Loop("alignment", train, {"model": model}, hint=f"Lower the learning rate (lr={lr}).",
+                save=model.save)
+    for step in loop:
+        images, cap, attrs = pool.batch(train.batch_size, gen)
         images = images.to(dev)
         with runtime.autocast(dev, bf16):
             if enc.trainable:
@@ -191,24 +194,15 @@ def train_alignment(model: DualEncoder, pool: PairPool, steps: int = 600, batch_
             logits = (model.scale() * t @ v.t()).float()                   # (B, B)
         positives = caption_matches(pool.caption_attrs[cap], attrs).to(dev)
         loss = clip_loss(logits, positives)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"alignment loss became {loss.item()} at step {step}; "
-                                     f"lower the learning rate (lr={lr})")
+        loop.check(loss=loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        if step % log_every == 0 or step == steps - 1:
-            hist["step"].append(step)
-            hist["loss"].append(loss.item())
-            hist["scale"].append(model.scale().item())
-            hist["seconds"].append(time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-            break
+        loop.log(step, loss=loss, scale=model.scale())
     model.eval()
-    hist["total_seconds"] = time.perf_counter() - t0
-    return hist
+    model.history = loop.finish()
+    return model.history
 
 
 # ------------------------------------------------------------------------ retrieval
@@ -222,6 +216,8 @@ def retrieval_metrics(text_emb: torch.Tensor, image_emb: torch.Tensor, text_attr
     Keys: t2i_R@K, i2t_R@K, t2i_semantic_R@K, i2t_semantic_R@K.
     """
     n = len(text_emb)
+    if n == 0:
+        raise ValueError("retrieval needs at least one (caption, image) pair")
     if len(image_emb) != n:
         raise ValueError(f"paired retrieval needs as many images as captions, got {len(image_emb)} and {n}")
     sim = text_emb.float() @ image_emb.float().t()                         # (N_text, N_image)
@@ -245,5 +241,5 @@ def evaluate_retrieval(model: DualEncoder, world: World, n: int = 1000, split: s
     return retrieval_metrics(t, v, attrs, attrs)
 
 
-__all__ = ["AlignConfig", "DualEncoder", "clip_loss", "train_alignment", "retrieval_metrics",
-           "evaluate_retrieval", "LOGIT_SCALE_INIT", "LOGIT_SCALE_MAX"]
+__all__ = ["AlignConfig", "DualEncoder", "train_alignment", "retrieval_metrics", "evaluate_retrieval",
+           "decay_groups", "LOGIT_SCALE_INIT", "LOGIT_SCALE_MAX"]

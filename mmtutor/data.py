@@ -17,6 +17,7 @@ import random
 
 import torch
 
+from . import checks, grammar
 from .world import World
 
 
@@ -28,9 +29,12 @@ class PairPool:
     """
 
     def __init__(self, world: World, split: str = "train", n_images: int = 8192,
-                 captions_per_combo: int = 12, omit_size: float = 0.2, seed: int = 0):
-        if n_images <= 0 or captions_per_combo <= 0:
-            raise ValueError("n_images and captions_per_combo must be positive")
+                 captions_per_combo: int = 12, omit_size: float = 0.2, seed: int = 0, augment: float = 0.0):
+        checks.choice(split, "split", world.splits)
+        n_images = checks.image_count(n_images, world.image_size, "n_images")
+        captions_per_combo = checks.count(captions_per_combo, "captions_per_combo", maximum=1000)
+        omit_size = checks.fraction(omit_size, "omit_size")
+        self.augment = checks.fraction(augment, "augment")
         self.world, self.split = world, split
         images, _, attrs = world.sample(n_images, split=split, seed=seed)
         self.images = ((images + 1) * 127.5).round().to(torch.uint8)       # (N, 3, H, W) uint8
@@ -45,7 +49,11 @@ class PairPool:
                 if rng.random() < omit_size:
                     a.pop("size")
                     row[3] = -1
-                captions.append(world.caption(a, seed=rng.randrange(2**31)))
+                s = rng.randrange(2**31)
+                if self.augment and rng.random() < self.augment:   # an extra phrasing (grammar.AUGMENT_TEMPLATES)
+                    captions.append(grammar.describe(a, seed=s, templates=grammar.AUGMENT_TEMPLATES))
+                else:
+                    captions.append(world.caption(a, seed=s))
                 caption_attrs.append(row)
         self.captions = captions
         self.caption_attrs = torch.tensor(caption_attrs)
@@ -60,6 +68,11 @@ class PairPool:
     def __repr__(self) -> str:
         return (f"PairPool(split={self.split!r}, {len(self)} images, {len(self.captions)} captions "
                 f"for {len(self.combo_captions)} combinations)")
+
+    def attribute_shares(self) -> dict[str, list[float]]:
+        """How often each value of each attribute occurs among the pool's images (for coverage)."""
+        return {k: torch.bincount(self.attrs[:, j], minlength=len(v)).div(len(self)).tolist()
+                for j, (k, v) in enumerate(self.world.attributes.items())}
 
     def pair_distance(self, n_pairs: int = 2048, seed: int = 0) -> float:
         """Mean absolute pixel difference (in [-1, 1] units) between two images of the same
@@ -78,6 +91,19 @@ class PairPool:
         which = torch.randint(self.combo_captions.shape[1], (batch_size,), generator=generator)
         cap = self.combo_captions[self.image_combo[idx], which]
         return to_float(self.images[idx]), cap, self.attrs[idx]
+
+    def mismatched(self, attrs: torch.Tensor, generator: torch.Generator | None = None,
+                   rounds: int = 64) -> torch.Tensor:
+        """For each scene (B, 4), the id of a caption from the bank that does *not* describe it
+        (it names at least one attribute differently): GAN-INT-CLS's "real image, wrong text"
+        pairs. Random captions are drawn and the rare ones that happen to fit are redrawn."""
+        ids = torch.randint(len(self.captions), (len(attrs),), generator=generator)
+        for _ in range(rounds):
+            fits = caption_matches(self.caption_attrs[ids], attrs).diagonal()
+            if not fits.any():
+                return ids
+            ids[fits] = torch.randint(len(self.captions), (int(fits.sum()),), generator=generator)
+        raise RuntimeError("could not find mismatched captions: the pool's captions all describe its scenes")
 
 
 def to_float(images_u8: torch.Tensor) -> torch.Tensor:

@@ -18,57 +18,10 @@ features and return a fused map the next generator layer consumes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 
-
-@dataclass
-class TextCondition:
-    """What a generator is told about its captions."""
-
-    pooled: torch.Tensor              # (B, D)    one vector per caption
-    tokens: torch.Tensor | None = None  # (B, L, D_w) one vector per word (attention fusion only)
-    mask: torch.Tensor | None = None    # (B, L)    1 for real words, 0 for padding
-
-    def __getitem__(self, idx) -> "TextCondition":
-        return TextCondition(self.pooled[idx],
-                             None if self.tokens is None else self.tokens[idx],
-                             None if self.mask is None else self.mask[idx])
-
-    def to(self, device) -> "TextCondition":
-        return TextCondition(self.pooled.to(device),
-                             None if self.tokens is None else self.tokens.to(device),
-                             None if self.mask is None else self.mask.to(device))
-
-    def mix(self, other: "TextCondition", beta: float) -> "TextCondition":
-        """beta * self + (1 - beta) * other (GAN-INT); word features are padded to a common
-        length and the masks joined."""
-        pooled = beta * self.pooled + (1 - beta) * other.pooled
-        if self.tokens is None or other.tokens is None:
-            return TextCondition(pooled)
-        L = max(self.tokens.shape[1], other.tokens.shape[1])
-        a, b = _pad(self.tokens, L), _pad(other.tokens, L)
-        ma, mb = _pad(self.mask, L), _pad(other.mask, L)
-        return TextCondition(pooled, beta * a + (1 - beta) * b, torch.maximum(ma, mb))
-
-    @staticmethod
-    def cat(*conds: "TextCondition") -> "TextCondition":
-        """Stack several conditions into one batch (word features padded to a common length)."""
-        pooled = torch.cat([c.pooled for c in conds])
-        if conds[0].tokens is None:
-            return TextCondition(pooled)
-        L = max(c.tokens.shape[1] for c in conds)
-        return TextCondition(pooled, torch.cat([_pad(c.tokens, L) for c in conds]),
-                             torch.cat([_pad(c.mask, L) for c in conds]))
-
-
-def _pad(x: torch.Tensor, length: int) -> torch.Tensor:
-    if x.shape[1] == length:
-        return x
-    pad = x.new_zeros((x.shape[0], length - x.shape[1]) + tuple(x.shape[2:]))
-    return torch.cat([x, pad], dim=1)
+from .condition import TextCondition
 
 
 class ConcatFusion(nn.Module):
@@ -111,4 +64,4 @@ class CrossAttentionFusion(nn.Module):
 
 FUSIONS = {"concat": ConcatFusion, "attention": CrossAttentionFusion}
 
-__all__ = ["TextCondition", "ConcatFusion", "CrossAttentionFusion", "FUSIONS"]
+__all__ = ["ConcatFusion", "CrossAttentionFusion", "FUSIONS"]

@@ -6,7 +6,8 @@ does it match the text?", trained against each other on the minimax objective
 
     min_G max_D  E_{x,t ~ p_data}[log D(x, t)] + E_{t ~ p_data, z ~ p_z}[log(1 - D(G(z, t), t))].
 
-What follows the papers:
+The losses are pure functions in ``losses.py``; this file holds the two networks and the
+alternating training step. What follows the papers:
 
 * matching-aware discriminator and text interpolation, GAN-INT-CLS (Reed et al. 2016,
   "Generative Adversarial Text to Image Synthesis"): D sees three kinds of pairs --
@@ -15,92 +16,37 @@ What follows the papers:
   embeddings beta*t1 + (1 - beta)*t2, which fills the gaps between captions;
 * DCGAN layouts (Radford et al. 2016): transposed convolutions with batch norm in G,
   strided convolutions in D;
-* projection discriminator (Miyato & Koyama 2018): D(x, t) = psi(phi(x)) + <phi(x), W t>;
+* D reads the text either as Reed et al. do, by concatenating it to its 4x4 feature map
+  (``d_condition="concat"``), or through a projection (Miyato & Koyama 2018):
+  D(x, t) = psi(phi(x)) + <phi(x), W t>;
 * spectral normalisation of D (Miyato et al. 2018), the hinge loss (Lim & Ye 2017;
-  SAGAN, Zhang et al. 2019), two time-scale learning rates (TTUR, Heusel et al. 2017) and an
-  exponential moving average of G's weights (Karras et al. 2018; Yazici et al. 2019).
+  SAGAN, Zhang et al. 2019), two time-scale learning rates (TTUR, Heusel et al. 2017), an
+  exponential moving average of G's weights (Karras et al. 2018; Yazici et al. 2019) and a
+  mode-seeking term (Mao et al. 2019).
 
-``GANConfig.classic()`` switches all of the last group off: the article's BCE loss, batch
-norm instead of spectral norm, no EMA, equal learning rates -- the recipe of 2016.
+Three recipes: ``GANConfig()`` is the book's; ``GANConfig.ablation()`` switches the last
+group off but keeps the rest (an ablation of the book's recipe); ``GANConfig.reed2016()`` is
+Reed et al.'s own: concatenation in D, batch norm, BCE, raw text features, no SN/EMA/TTUR.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
-from torch.optim.swa_utils import AveragedModel
-from tqdm.auto import tqdm
 
-from . import runtime
-from .data import PairPool, caption_matches
-from .fusion import FUSIONS, TextCondition
-from .text import check_captions, load_minilm, pad_sequences
-from .vision import check_images, n_halvings
+from . import checks, distributed, runtime
+from .condition import CaptionEncoder, TextCondition
+from .data import PairPool
+from .fusion import FUSIONS
+from .loop import EMA, Loop, TrainConfig, TrainingDiverged
+from .losses import discriminator_loss, diversity_loss, generator_loss
+from .text2image import NoiseStreams, TextToImage
+from .vision import n_halvings
 from .world import World
-
-
-# ======================================================================================
-# Losses: small pure functions of the discriminator's logits (before the sigmoid).
-# D(x, t) = sigmoid(logit). softplus(-a) = -log(sigmoid(a)), softplus(a) = -log(1 - sigmoid(a)).
-
-def discriminator_loss(real: torch.Tensor, fake: torch.Tensor, mismatch: torch.Tensor | None = None,
-                       kind: str = "bce", mismatch_weight: float = 0.5) -> torch.Tensor:
-    """The discriminator's loss, to be *minimised*.
-
-    kind="bce" is the article's L_D = -E[log D(x, t)] - E[log(1 - D(G(z, t), t))].
-    kind="hinge" is E[max(0, 1 - real)] + E[max(0, 1 + fake)].
-    With ``mismatch`` logits (real images, wrong captions) the "fake" part becomes
-    (1 - w) * fake term + w * mismatch term, w = mismatch_weight (GAN-INT-CLS: w = 1/2).
-    """
-    if kind == "bce":
-        real_term, fake_term = F.softplus(-real).mean(), F.softplus(fake).mean()
-        mis_term = F.softplus(mismatch).mean() if mismatch is not None and mismatch.numel() else None
-    elif kind == "hinge":
-        real_term, fake_term = F.relu(1 - real).mean(), F.relu(1 + fake).mean()
-        mis_term = F.relu(1 + mismatch).mean() if mismatch is not None and mismatch.numel() else None
-    else:
-        raise ValueError(f"unknown loss {kind!r}; choose one of: bce, hinge")
-    if mis_term is None:
-        return real_term + fake_term
-    return real_term + (1 - mismatch_weight) * fake_term + mismatch_weight * mis_term
-
-
-def diversity_loss(a: torch.Tensor, b: torch.Tensor, za: torch.Tensor, zb: torch.Tensor,
-                   target: float) -> torch.Tensor:
-    """Mode-seeking regulariser (MSGAN, Mao et al. 2019; clamped as in DSGAN, Yang et al. 2019).
-
-    a = G(za, t) and b = G(zb, t) are made for the same captions with different noise.
-    ratio = mean|a - b| / mean|za - zb| measures how much the images move per unit of noise;
-    a generator that ignores z has ratio 0 (mode collapse). The loss max(0, target - ratio)
-    / target pushes the ratio up to ``target`` -- the same ratio measured on pairs of real
-    images of one caption -- and no further, so diversity is not bought with garbage."""
-    ratio = (a - b).abs().mean() / (za - zb).abs().mean()
-    return F.relu(target - ratio) / target
-
-
-def generator_loss(fake: torch.Tensor, kind: str = "nonsaturating") -> torch.Tensor:
-    """The generator's loss, to be *minimised*.
-
-    "saturating":    the article's L_G = E[log(1 - D(G(z, t), t))]. Its gradient vanishes
-                     when D confidently rejects the fakes -- i.e. early in training.
-    "nonsaturating": -E[log D(G(z, t), t)], Goodfellow et al.'s fix: same fixed point,
-                     strong gradients when G is bad.
-    "hinge":         -E[D logit].
-    """
-    if kind == "saturating":
-        return -F.softplus(fake).mean()          # log(1 - sigmoid(a)) = -softplus(a)
-    if kind == "nonsaturating":
-        return F.softplus(-fake).mean()          # -log(sigmoid(a)) = softplus(-a)
-    if kind == "hinge":
-        return -fake.mean()
-    raise ValueError(f"unknown generator loss {kind!r}; choose one of: saturating, nonsaturating, hinge")
 
 
 # ======================================================================================
@@ -113,35 +59,60 @@ class GANConfig:
     cond_dim: int = 32             # text features are compressed to this many numbers (GAN-INT-CLS uses 128)
     g_channels: int = 32           # G width at full resolution (doubles towards 4x4)
     d_channels: int = 32           # D width after its first layer (doubles towards 4x4)
+    d_feat: int = 256              # D's image feature size phi(x) (projection head) / text channels (concat head: half)
+    d_condition: str = "projection"  # how D reads the text: "projection" (Miyato & Koyama) or "concat" (Reed et al.)
     loss: str = "hinge"            # "hinge", "bce" (article's L_D, non-saturating G), "bce-saturating" (article's L_G too)
     norm: str = "spectral"         # discriminator normalisation: "spectral" or "batch"
-    ema_decay: float = 0.999       # EMA of G's weights; 0 switches it off
+    ema_decay: float = 0.995       # EMA of G's weights (half-life ~140 steps); 0 switches it off
+    ema_rampup: float = 0.1        # ... the average never reaches back further than 10 % of the run so far
     lr_g: float = 1e-3             # TTUR: D learns faster than G
     lr_d: float = 2e-3
     betas: tuple = (0.0, 0.9)
     mismatch_weight: float = 0.5   # weight of (real image, wrong text) among D's fakes; 0 = plain conditional GAN
     interp_fraction: float = 0.25  # share of G's batch conditioned on interpolated captions (GAN-INT)
     standardize_text: bool = True  # z-score each text feature over the training captions (fit once, stored)
-    diversity_weight: float = 1.0  # mode-seeking term (MSGAN/DSGAN): one caption, two z, images must differ; 0 = off
+    diversity_weight: float = 1.0  # mode-seeking term: one caption, two z, images must differ; 0 = off
 
     def __post_init__(self):
-        choices = {"text_encoder": ("clip", "bert", "minilm"), "fusion": tuple(FUSIONS),
-                   "loss": ("hinge", "bce", "bce-saturating"), "norm": ("spectral", "batch")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(allowed)}")
+        checks.choice(self.text_encoder, "text_encoder", ("minilm", "clip", "bert"))
+        checks.choice(self.fusion, "fusion", tuple(FUSIONS))
+        checks.choice(self.loss, "loss", ("hinge", "bce", "bce-saturating"))
+        checks.choice(self.norm, "norm", ("spectral", "batch"))
+        checks.choice(self.d_condition, "d_condition", ("projection", "concat"))
         n_halvings(self.image_size)
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name in ("z_dim", "cond_dim", "g_channels", "d_channels", "d_feat"):
+            setattr(self, name, checks.count(getattr(self, name), name, maximum=4096))
+        checks.number(self.ema_decay, "ema_decay", 0.0, 1.0, high_open=True)
+        checks.number(self.ema_rampup, "ema_rampup", 0.0, 1.0, low_open=True)
+        checks.number(self.lr_g, "lr_g", 0.0, 1.0, low_open=True)
+        checks.number(self.lr_d, "lr_d", 0.0, 1.0, low_open=True)
         self.betas = tuple(self.betas)
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers (beta1, beta2), got {self.betas!r}")
+        for i, b in enumerate(self.betas):
+            checks.number(b, f"betas[{i}]", 0.0, 1.0, high_open=True)
+        checks.fraction(self.mismatch_weight, "mismatch_weight")
+        checks.fraction(self.interp_fraction, "interp_fraction", open_high=True)
+        checks.number(self.diversity_weight, "diversity_weight", low=0.0)
+        GeneratorBatch.check(self)
 
     @classmethod
-    def classic(cls, **kw) -> "GANConfig":
-        """The 2016 recipe: BCE loss, batch norm in D, no EMA, one learning rate for both."""
+    def ablation(cls, **kw) -> "GANConfig":
+        """The book's recipe without its modern parts: BCE loss, batch norm instead of spectral
+        norm in D, no EMA, one learning rate, no mode-seeking term. It keeps the projection
+        discriminator, the standardised MiniLM features and GAN-INT-CLS."""
         base = dict(loss="bce", norm="batch", ema_decay=0.0, lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999),
                     diversity_weight=0.0)
-        base.update(kw)
-        return cls(**base)
+        return cls(**{**base, **kw})
+
+    @classmethod
+    def reed2016(cls, **kw) -> "GANConfig":
+        """Reed et al. 2016 (GAN-INT-CLS) as published: D concatenates (compressed) text with
+        its 4x4 image features, batch norm, BCE, raw sentence features, no SN/EMA/TTUR/diversity
+        term; matching-aware D and text interpolation kept."""
+        base = dict(d_condition="concat", loss="bce", norm="batch", ema_decay=0.0, lr_g=2e-4, lr_d=2e-4,
+                    betas=(0.5, 0.999), diversity_weight=0.0, standardize_text=False, cond_dim=128)
+        return cls(**{**base, **kw})
 
     @property
     def d_loss_kind(self) -> str:
@@ -152,6 +123,9 @@ class GANConfig:
         return {"hinge": "hinge", "bce": "nonsaturating", "bce-saturating": "saturating"}[self.loss]
 
 
+RECIPES = {"book": GANConfig, "ablation": GANConfig.ablation, "reed2016": GANConfig.reed2016}
+
+
 # ======================================================================================
 class Generator(nn.Module):
     """G(z, t): (B, z_dim) noise + caption features -> (B, 3, S, S) image in [-1, 1].
@@ -159,13 +133,11 @@ class Generator(nn.Module):
     The sentence vector is compressed (Linear + LeakyReLU, as in GAN-INT-CLS) to ``cond``,
     concatenated with z and mapped to a 4x4 feature map; k = log2(S/4) transposed-conv blocks
     double the resolution, each reading the text again through a fusion module; a final 3x3
-    convolution at full resolution turns features into RGB (it learns object shapes about
-    twice as fast as the plain DCGAN output layer -- measured, see bench/).
+    convolution at full resolution turns features into RGB.
     """
 
     def __init__(self, cfg: GANConfig, text_dim: int, word_dim: int | None = None):
         super().__init__()
-        self.cfg = cfg
         k = n_halvings(cfg.image_size)
         widths = [cfg.g_channels * 2 ** max(k - 1 - i, 0) for i in range(k + 1)]   # e.g. 128, 64, 32, 32
         self.text_proj = nn.Sequential(nn.Linear(text_dim, cfg.cond_dim), nn.LeakyReLU(0.2))
@@ -192,17 +164,50 @@ class Generator(nn.Module):
         return self.to_rgb(h)                                               # (B, C_k, S, S) -> (B, 3, S, S)
 
 
+class ProjectionHead(nn.Module):
+    """logit = psi(phi) + <phi, W t> (Miyato & Koyama 2018): "real?" plus "matches the text?"."""
+
+    def __init__(self, channels: int, text_dim: int, feat: int, sn):
+        super().__init__()
+        self.to_feat = nn.Sequential(nn.Flatten(), sn(nn.Linear(channels * 16, feat)), nn.LeakyReLU(0.2))
+        self.psi = sn(nn.Linear(feat, 1))
+        self.embed = sn(nn.Linear(text_dim, feat, bias=False))              # W
+
+    def forward(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        phi = self.to_feat(h)                                               # (B, c, 4, 4) -> (B, feat)
+        return self.psi(phi).squeeze(1) + (phi * self.embed(t.to(phi.dtype))).sum(1)   # (B,)
+
+
+class ConcatHead(nn.Module):
+    """Reed et al. 2016: compress the text, tile it over D's 4x4 map, concatenate, a 1x1 conv
+    mixes image and text, and a 4x4 conv gives the logit."""
+
+    def __init__(self, channels: int, text_dim: int, text_channels: int, sn, batch_norm: bool):
+        super().__init__()
+        self.text = nn.Sequential(sn(nn.Linear(text_dim, text_channels)), nn.LeakyReLU(0.2))
+        mix = [sn(nn.Conv2d(channels + text_channels, channels, 1))]
+        if batch_norm:
+            mix.append(nn.BatchNorm2d(channels))
+        self.mix = nn.Sequential(*mix, nn.LeakyReLU(0.2))
+        self.out = sn(nn.Conv2d(channels, 1, 4))
+
+    def forward(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b, _, s, _ = h.shape
+        tt = self.text(t.to(h.dtype)).view(b, -1, 1, 1).expand(-1, -1, s, s)   # (B, T) -> (B, T, 4, 4)
+        return self.out(self.mix(torch.cat([h, tt], 1))).view(b)              # (B, c + T, 4, 4) -> (B,)
+
+
 class Discriminator(nn.Module):
     """D(x, t): (B, 3, S, S) image + caption features -> (B,) logits ("real and matching").
 
-    phi(x): strided 4x4 convolutions down to 4x4, flattened, Linear to ``feat`` numbers.
-    Logit = psi(phi(x)) + <phi(x), W t> (projection discriminator): the first term asks
-    "is it a real image?", the second "does it match the text?".
+    phi(x): strided 4x4 convolutions down to a 4x4 map; then the text head (projection or
+    concatenation). ``forward(x, t, mismatched=t_wrong)`` also scores the first
+    ``len(t_wrong)`` images against wrong captions -- in the same call, so one forward pass
+    (one DistributedDataParallel step) covers all three kinds of pairs.
     """
 
-    def __init__(self, cfg: GANConfig, text_dim: int, feat: int = 256):
+    def __init__(self, cfg: GANConfig, text_dim: int):
         super().__init__()
-        self.cfg = cfg
         sn = spectral_norm if cfg.norm == "spectral" else (lambda m: m)
         k = n_halvings(cfg.image_size)
         layers, c = [], 3
@@ -214,393 +219,305 @@ class Discriminator(nn.Module):
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             c = c_out
         self.trunk = nn.Sequential(*layers)                                  # (B, 3, S, S) -> (B, c, 4, 4)
-        self.to_feat = nn.Sequential(nn.Flatten(), sn(nn.Linear(c * 16, feat)), nn.LeakyReLU(0.2))
-        self.psi = sn(nn.Linear(feat, 1))
-        self.embed = sn(nn.Linear(text_dim, feat, bias=False))              # W
-        self.image_size = cfg.image_size
+        self.head = (ProjectionHead(c, text_dim, cfg.d_feat, sn) if cfg.d_condition == "projection"
+                     else ConcatHead(c, text_dim, cfg.d_feat // 2, sn, cfg.norm == "batch"))
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_feat(self.trunk(x))                                   # (B, 3, S, S) -> (B, feat)
-
-    def head(self, phi: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.psi(phi).squeeze(1) + (phi * self.embed(t.to(phi.dtype))).sum(1)   # (B,)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.image_size, "Discriminator")
-        return self.head(self.features(x), t)
-
-
-class TrainingDiverged(FloatingPointError):
-    """Raised when a loss becomes NaN or infinite; the model keeps its last good weights."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, mismatched: torch.Tensor | None = None):
+        h = self.trunk(x)                                                    # (B, c, 4, 4)
+        logits = self.head(h, t)                                             # (B,)
+        if mismatched is None:
+            return logits
+        return logits, self.head(h[:len(mismatched)], mismatched)           # (B,), (M,)
 
 
 # ======================================================================================
-class ConditionalGAN:
-    """Generator, discriminator, EMA generator and the caption features that drive them.
+class GeneratorBatch:
+    """Who is who in the generator's batch. Positions repeat in blocks of 8:
 
-    >>> gan = ConditionalGAN(GANConfig(text_encoder="minilm"), World())
-    >>> history = gan.fit(PairPool(World()), steps=2000)
+        [ I I | P P' | P P' | P P' ]      (interp_fraction 1/4, diversity on)
+
+    I: conditioned on an interpolation of two captions (GAN-INT); P, P': the same caption with
+    two noise vectors (for the mode-seeking term). With ``interp_fraction`` f the first
+    round(8 f) positions of a block are I; the rest are pairs (an odd one left over is a
+    plain sample), or all plain when the diversity term is off. Because the pattern repeats
+    every 8 positions, any contiguous share of a batch that is a multiple of 8 -- one
+    process's share under DistributedDataParallel -- has the same layout as the whole.
+    """
+
+    BLOCK = 8
+
+    def __init__(self, batch_size: int, interp_fraction: float, pairs: bool):
+        roles = [self.role(i % self.BLOCK, interp_fraction, pairs) for i in range(batch_size)]
+        idx = torch.arange(batch_size)
+        self.batch_size = batch_size
+        self.interp = idx[[r == "I" for r in roles]]
+        self.first = idx[[r == "P" for r in roles]]
+        self.second = self.first + 1
+        # the second of each pair repeats the first's caption
+        self.caption_source = idx.clone()
+        self.caption_source[self.second] = self.first
+
+    @classmethod
+    def role(cls, pos: int, interp_fraction: float, pairs: bool) -> str:
+        k = int(round(cls.BLOCK * interp_fraction))
+        if pos < k:
+            return "I"
+        if not pairs:
+            return "-"
+        j = pos - k
+        if j % 2 == 0 and pos + 1 < cls.BLOCK:
+            return "P"
+        return "P'" if j % 2 == 1 else "-"
+
+    @classmethod
+    def check(cls, cfg: GANConfig) -> None:
+        roles = [cls.role(i, cfg.interp_fraction, cfg.diversity_weight > 0) for i in range(cls.BLOCK)]
+        if cfg.diversity_weight > 0 and "P" not in roles:
+            raise ValueError(f"interp_fraction={cfg.interp_fraction} leaves no room for the diversity term's pairs in "
+                             f"a block of {cls.BLOCK}; lower it below {1 - 2 / cls.BLOCK} or set diversity_weight=0")
+
+    def __repr__(self) -> str:
+        return (f"GeneratorBatch({self.batch_size}: {len(self.interp)} interpolated, {len(self.first)} pairs, "
+                f"{self.batch_size - len(self.interp) - 2 * len(self.first)} plain)")
+
+
+# ======================================================================================
+class ConditionalGAN(TextToImage):
+    """Generator, discriminator, the EMA generator, and the caption encoder that drives them.
+
+    >>> gan = ConditionalGAN(GANConfig(), World())
+    >>> history = gan.fit(PairPool(World()), TrainConfig(steps=2000))
     >>> images = gan.generate(["a red apple on the table"], n_per_caption=8, seed=0)
     """
 
-    def __init__(self, config: GANConfig, world: World, aligner=None, device=None):
-        if config.image_size != world.image_size:
-            raise ValueError(f"GANConfig.image_size={config.image_size} but the world renders "
-                             f"{world.image_size}x{world.image_size} images")
-        if config.text_encoder in ("clip", "bert") and aligner is None:
-            raise ValueError(f"text_encoder={config.text_encoder!r} needs the trained dual encoder "
-                             "(aligner=DualEncoder from mmtutor.align); use text_encoder='minilm' to go without")
-        self.config, self.world = config, world
-        self.device = torch.device(device) if device is not None else runtime.device()
-        self.aligner = aligner.to(self.device).eval() if aligner is not None else None
-        if self.aligner is not None:
-            self.aligner.requires_grad_(False)   # frozen: the GAN never changes the aligned encoders
-        self.minilm = load_minilm(device=self.device) if config.text_encoder == "minilm" else None
-        self._cache: dict[str, tuple] = {}
-        self.text_stats: tuple[torch.Tensor, torch.Tensor] | None = None   # (mean, std) of training captions
-        probe = self.text_features(["a red apple on the table"])
-        text_dim = probe.pooled.shape[1]
-        word_dim = probe.tokens.shape[2] if probe.tokens is not None else None
-        # channels-last memory layout: ~12 % faster convolutions on CPU (oneDNN) and on GPUs
-        self.G = Generator(config, text_dim, word_dim).to(self.device, memory_format=torch.channels_last)
-        self.D = Discriminator(config, text_dim).to(self.device, memory_format=torch.channels_last)
-        self.G_ema = (AveragedModel(self.G, avg_fn=_ema_with_warmup(config.ema_decay), use_buffers=True)
-                      if config.ema_decay > 0 else None)
-        self.steps_done = 0
+    kind = "gan"
+    config_class = GANConfig
 
-    # ---------------------------------------------------------------- text features
-    @torch.no_grad()
-    def text_features(self, captions: list[str]) -> TextCondition:
-        """Frozen caption features (cached per caption): sentence vector, and word vectors when
-        the generator fuses by attention."""
-        captions = check_captions(captions)
-        todo = list(dict.fromkeys(c for c in captions if c not in self._cache))
-        want_words = self.config.fusion == "attention"
-        enc = self.text_encoder.eval()
-        for i in range(0, len(todo), 512):
-            chunk = todo[i:i + 512]
-            pooled = self.aligner.embed_text(chunk) if self.config.text_encoder == "clip" else enc.encode(chunk)
-            words, mask = enc.encode_tokens(chunk) if want_words else (None, None)
-            for j, c in enumerate(chunk):
-                n = int(mask[j].sum()) if want_words else 0
-                self._cache[c] = (pooled[j].float().cpu(), words[j, :n].float().cpu() if want_words else None)
-        pooled = torch.stack([self._cache[c][0] for c in captions])
-        if not want_words:
-            return TextCondition(pooled).to(self.device)
-        words, mask = pad_sequences([self._cache[c][1] for c in captions])
-        return TextCondition(pooled, words, mask).to(self.device)
+    def __init__(self, config: GANConfig, world: World, aligner=None, device=None, text: CaptionEncoder | None = None):
+        if text is None:
+            text = CaptionEncoder(config.text_encoder, aligner=aligner, words=config.fusion == "attention",
+                                  standardize=config.standardize_text)
+        super().__init__(config, world, text)
+        self.G = Generator(config, text.dim, text.word_dim if config.fusion == "attention" else None)
+        self.D = Discriminator(config, text.dim)
+        self.ema = EMA(self.G, config.ema_decay, config.ema_rampup) if config.ema_decay > 0 else None
+        self.G_ema = self.ema.model if self.ema is not None else None
+        dev = torch.device(device) if device is not None else runtime.device()
+        # channels-last memory layout: ~11 % faster convolutions on a CPU (measured, oneDNN) and on GPUs
+        self.to(dev, memory_format=torch.channels_last)
+        self.G.eval(), self.D.eval()
 
-    def condition(self, captions: list[str]) -> TextCondition:
-        """What G and D read: the caption features, each sentence feature z-scored with the
-        statistics of the training captions (``standardize_text``). Pretrained MiniLM vectors of
-        captions that differ in one word ("left" / "right") are nearly parallel; z-scoring
-        removes what all captions share and makes the differences as large as the rest."""
-        text = self.text_features(captions)
-        if self.text_stats is not None:
-            mean, std = (s.to(text.pooled.device) for s in self.text_stats)
-            text = TextCondition((text.pooled - mean) / std, text.tokens, text.mask)
-        return text
-
-    # ---------------------------------------------------------------- training
-    def fit(self, pool: PairPool, steps: int = 2000, batch_size: int = 64, seed: int = 0,
-            bf16: bool = True, max_seconds: float | None = None, log_every: int = 25,
-            snapshot_every: int = 0, snapshot_captions: list[str] | None = None,
-            checkpoint: str | None = None, checkpoint_every: int = 250, progress: bool = True,
-            callback=None) -> dict:
-        """Alternating optimisation (article 4.2): a D step, then a G step, ``steps`` times.
-
-        Returns a history: step, d_loss, g_loss, the mean D probability on (real, text),
-        (fake, text) and (real, wrong text), wall seconds, and optional image snapshots of
-        ``snapshot_captions`` with fixed noise every ``snapshot_every`` steps.
-        ``max_seconds`` stops early (the benchmark's wall-clock budget). A NaN/inf loss
-        raises TrainingDiverged after restoring the last good weights (and, with
-        ``checkpoint``, leaving the last good checkpoint file in place).
-        """
-        if pool.world.image_size != self.config.image_size:
-            raise ValueError("the pool's world renders a different image size than this GAN")
-        if steps <= 0 or batch_size < 2:
-            raise ValueError("steps must be positive and batch_size at least 2")
-        cfg, dev = self.config, self.device
-        gen = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        t_prep = time.perf_counter()
-        raw = self.text_features(pool.captions)                             # caption features, once
-        if cfg.standardize_text and self.text_stats is None:
-            self.text_stats = (raw.pooled.mean(0).cpu(), raw.pooled.std(0).clamp(min=1e-6).cpu())
-        bank = self.condition(pool.captions)
-        prep_seconds = time.perf_counter() - t_prep
-        opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
-        opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
-        snap_z = torch.randn(len(snapshot_captions or []), cfg.z_dim, generator=gen).to(dev)
-        hist = {"step": [], "d_loss": [], "g_loss": [], "p_real": [], "p_fake": [], "p_mismatch": [],
-                "seconds": [], "snapshots": [], "snapshot_steps": [], "text_prep_seconds": prep_seconds}
-        last_good = self._state()
-        last_good_step = self.steps_done
-        saved_step = None                      # step of the checkpoint file written by this run, if any
-        if checkpoint and self._finite():      # the starting point is the first "last good" checkpoint
-            self.save(checkpoint)
-            saved_step = self.steps_done
-        n_int = int(round(cfg.interp_fraction * batch_size))
-        half = (batch_size - n_int) // 2
-        # how far apart two real images of one caption are, per unit of noise distance E|z1 - z2| = 2/sqrt(pi)
-        div_target = pool.pair_distance() / (2 / math.sqrt(math.pi)) if cfg.diversity_weight > 0 else 0.0
-        self.G.train()
-        self.D.train()
-        t0 = time.perf_counter()
-        bar = tqdm(range(steps), desc="GAN", disable=not progress, leave=False)
-        for i in bar:
-            real, cap, attrs = pool.batch(batch_size, gen)
-            real = real.to(dev, memory_format=torch.channels_last)
-            text = bank[cap.to(bank.pooled.device)]
-            # ---- discriminator step: maximise log D(x,t) + log(1 - D(G(z,t),t)) (+ mismatched pairs)
-            z = torch.randn(batch_size, cfg.z_dim, generator=gen).to(dev)
-            shift = int(torch.randint(1, batch_size, (1,), generator=gen))
-            wrong = torch.roll(torch.arange(batch_size), shift)                 # another caption in the batch
-            differs = ~caption_matches(pool.caption_attrs[cap[wrong]], attrs).diagonal()
-            with runtime.autocast(dev, bf16):
-                with torch.no_grad():
-                    fake = self.G(z, text)
-                phi_real = self.D.features(real)
-                phi_fake = self.D.features(fake.detach())
-                d_real = self.D.head(phi_real, text.pooled).float()
-                d_fake = self.D.head(phi_fake, text.pooled).float()
-                d_mis = self.D.head(phi_real[differs.to(dev)], text.pooled[wrong][differs.to(dev)]).float()
-            d_loss = discriminator_loss(d_real, d_fake, d_mis if cfg.mismatch_weight > 0 else None,
-                                        cfg.d_loss_kind, cfg.mismatch_weight)
-            if not torch.isfinite(d_loss):
-                self._diverged(f"discriminator loss became {d_loss.item()}", i, last_good, last_good_step, saved_step, checkpoint)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            # ---- generator step: fool D, on real captions and on interpolated ones (GAN-INT)
-            z = torch.randn(batch_size, cfg.z_dim, generator=gen).to(dev)
-            order = torch.arange(batch_size)
-            if cfg.diversity_weight > 0:          # second half of the real-caption part repeats the first half's captions
-                order[n_int + half:n_int + 2 * half] = order[n_int:n_int + half]
-            g_text = text[order]
-            if n_int:
-                perm = torch.randperm(batch_size, generator=gen)[:n_int]
-                g_text = TextCondition.cat(g_text[:n_int].mix(text[perm], 0.5), g_text[n_int:])
-            with runtime.autocast(dev, bf16):
-                g_fake = self.G(z, g_text)
-                g_loss = generator_loss(self.D(g_fake, g_text.pooled).float(), cfg.g_loss_kind)
-                if cfg.diversity_weight > 0:      # one caption, two noises: the images must differ
-                    a, b = g_fake[n_int:n_int + half].float(), g_fake[n_int + half:n_int + 2 * half].float()
-                    za, zb = z[n_int:n_int + half], z[n_int + half:n_int + 2 * half]
-                    g_loss = g_loss + cfg.diversity_weight * diversity_loss(a, b, za, zb, div_target)
-            if not torch.isfinite(g_loss):
-                self._diverged(f"generator loss became {g_loss.item()}", i, last_good, last_good_step, saved_step, checkpoint)
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_g.step()
-            if self.G_ema is not None:
-                self.G_ema.update_parameters(self.G)
-            self.steps_done += 1
-            if callback is not None:
-                callback(self, i)
-            # ---- bookkeeping
-            if i % log_every == 0 or i == steps - 1:
-                hist["step"].append(self.steps_done)
-                hist["d_loss"].append(d_loss.item())
-                hist["g_loss"].append(g_loss.item())
-                hist["p_real"].append(torch.sigmoid(d_real).mean().item())
-                hist["p_fake"].append(torch.sigmoid(d_fake).mean().item())
-                hist["p_mismatch"].append(torch.sigmoid(d_mis).mean().item() if d_mis.numel() else float("nan"))
-                hist["seconds"].append(time.perf_counter() - t0)
-                bar.set_postfix(d=f"{d_loss.item():.2f}", g=f"{g_loss.item():.2f}")
-            if snapshot_every and snapshot_captions and (i % snapshot_every == 0 or i == steps - 1):
-                hist["snapshots"].append(self._generate_z(snapshot_captions, snap_z).cpu())
-                hist["snapshot_steps"].append(self.steps_done)
-                self.G.train()
-            if (i + 1) % checkpoint_every == 0:
-                if not self._finite():              # a NaN weight with a still-finite loss: never keep it
-                    self._diverged("weights became NaN/inf", i, last_good, last_good_step, saved_step, checkpoint)
-                last_good, last_good_step = self._state(), self.steps_done
-                if checkpoint:
-                    self.save(checkpoint)
-                    saved_step = self.steps_done
-            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-                break
-        self.G.eval()
-        self.D.eval()
-        hist["total_seconds"] = time.perf_counter() - t0
-        hist["steps"] = i + 1
-        hist["images_per_second"] = hist["steps"] * batch_size / hist["total_seconds"]
-        if not self._finite():
-            self._diverged("weights became NaN/inf", i, last_good, last_good_step, saved_step, checkpoint)
-        if checkpoint:
-            self.save(checkpoint)
-        return hist
-
-    def _state(self) -> dict:
-        return copy.deepcopy({"G": self.G.state_dict(), "D": self.D.state_dict(),
-                              "G_ema": self.G_ema.state_dict() if self.G_ema is not None else None})
-
-    def _load_state(self, state: dict) -> None:
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        if self.G_ema is not None and state["G_ema"] is not None:
-            self.G_ema.load_state_dict(state["G_ema"])
-
-    def _finite(self) -> bool:
-        return all(torch.isfinite(p).all() for m in (self.G, self.D) for p in m.parameters())
-
-    def _diverged(self, what, step, last_good, last_good_step, saved_step, checkpoint):
-        self._load_state(last_good)
-        self.steps_done = last_good_step
-        if checkpoint and saved_step is not None:
-            where = f"; the last good checkpoint (step {saved_step}) is kept at {checkpoint}"
-        elif checkpoint:
-            where = f"; no checkpoint was written to {checkpoint} before it diverged"
-        else:
-            where = ""
-        raise TrainingDiverged(
-            f"training diverged: the {what} at step {step}. The model was restored to its last good "
-            f"weights (step {last_good_step}){where}. Try lower learning rates (lr_g={self.config.lr_g}, "
-            f"lr_d={self.config.lr_d}) or the hinge loss with spectral norm.")
-
-    # ---------------------------------------------------------------- sampling
     @property
     def sampler(self) -> nn.Module:
         """The generator used for sampling: the EMA copy when there is one."""
-        return self.G_ema.module if self.G_ema is not None else self.G
+        return self.ema.module if self.ema is not None else self.G
 
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        if self.ema is not None:                         # the EMA's own step counter travels too
+            state["ema_updates"] = torch.tensor(self.ema.n)
+        return state
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        state = dict(state)
+        n = state.pop("ema_updates", None)
+        out = super().load_state_dict(state, strict=strict, assign=assign)
+        if self.ema is not None and n is not None:
+            self.ema.n = int(n)
+        return out
+
+    # ---------------------------------------------------------------- training
+    def fit(self, pool: PairPool, train: TrainConfig | None = None, snapshot_captions: list[str] | None = None,
+            snapshots: int = 0, callback=None, **train_kw) -> dict:
+        """Alternating optimisation (article 4.2): a D step, then a G step, ``train.steps`` times.
+
+        ``train`` (or its fields as keywords: steps, batch_size, seed, bf16, max_seconds, ...)
+        sets the loop. Returns a history: step, d_loss, g_loss, the mean D probability on (real,
+        text), (fake, text) and (real, wrong text), seconds, and -- with ``snapshot_captions``
+        -- ``snapshots`` image grids of those captions with fixed noise, evenly spread over the
+        run (first and last step included). Under torchrun, each process trains on its share
+        of every batch (``distributed``). A NaN/inf loss raises TrainingDiverged after restoring
+        the last good weights (and, with ``train.checkpoint``, keeping the last good file)."""
+        train = train or TrainConfig(**train_kw)
+        if pool.world.image_size != self.config.image_size:
+            raise ValueError(f"the pool's world renders {pool.world.image_size}x{pool.world.image_size} images, "
+                             f"this GAN makes {self.config.image_size}x{self.config.image_size}")
+        cfg, dev = self.config, self.device
+        ctx = distributed.current()
+        local = distributed.local_batch(train.batch_size, ctx, GeneratorBatch.BLOCK if ctx.active else 1)
+        layout = GeneratorBatch(local, cfg.interp_fraction, cfg.diversity_weight > 0)
+        gen = torch.Generator().manual_seed(train.seed)
+        torch.manual_seed(train.seed)
+        self.text.fit(pool.captions)
+        bank = self.condition(pool.captions)                                 # caption features, once
+        # how far apart two real images of one caption are, per unit of noise distance E|z1 - z2| = 2/sqrt(pi)
+        div_target = pool.pair_distance() / (2 / math.sqrt(math.pi)) if cfg.diversity_weight > 0 else 0.0
+        opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
+        opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
+        G, D = distributed.wrap(self.G, ctx), distributed.wrap(self.D, ctx)
+        snap_z = torch.randn(len(snapshot_captions or []), cfg.z_dim, generator=gen).to(dev)
+        snap_at = ({round(i * (train.steps - 1) / (snapshots - 1)) for i in range(snapshots)}
+                   if snapshot_captions and snapshots > 1 else set())
+        modules = {"G": self.G, "D": self.D, **({"ema": self.ema.model} if self.ema is not None else {})}
+        loop = Loop("GAN", train, modules, save=self.save, main_process=ctx.main,
+                    hint=f"Try lower learning rates (lr_g={cfg.lr_g}, lr_d={cfg.lr_d}) or the hinge loss with "
+                         "spectral norm.")
+        self.G.train(), self.D.train()
+        start = self.steps_done
+        try:
+            hist = self._fit_loop(pool, train, loop, gen, bank, layout, ctx, G, D, opt_d, opt_g, div_target,
+                                  snapshot_captions, snap_z, snap_at, callback)
+        except TrainingDiverged:
+            self.steps_done = start + loop.last_good_step
+            self.G.eval(), self.D.eval()
+            raise
+        self.history = hist
+        return hist
+
+    def _fit_loop(self, pool, train, loop, gen, bank, layout, ctx, G, D, opt_d, opt_g, div_target,
+                  snapshot_captions, snap_z, snap_at, callback) -> dict:
+        cfg, dev = self.config, self.device
+        shots, shot_steps = [], []
+        for step in loop:
+            # ---- one global batch, drawn identically on every process; each keeps its share
+            real, cap, attrs = pool.batch(train.batch_size, gen)
+            wrong = pool.mismatched(attrs, gen)                              # captions that do not fit
+            z_d = torch.randn(train.batch_size, cfg.z_dim, generator=gen)
+            z_g = torch.randn(train.batch_size, cfg.z_dim, generator=gen)
+            partner = cap[torch.randperm(train.batch_size, generator=gen)]  # GAN-INT: another batch caption
+            real, cap, wrong, z_d, z_g, partner = (distributed.shard(x, ctx) for x in (real, cap, wrong, z_d, z_g, partner))
+            real = real.to(dev, memory_format=torch.channels_last)
+            text, text_wrong = bank[cap.to(bank.pooled.device)], bank[wrong.to(bank.pooled.device)]
+            d_loss, p = self._discriminator_step(G, D, opt_d, real, text, text_wrong, z_d.to(dev), train.bf16)
+            g_text = text[layout.caption_source.to(dev)]
+            if len(layout.interp):
+                mix = bank[partner[layout.interp].to(bank.pooled.device)]
+                g_text = _replace(g_text, layout.interp.to(dev), g_text[layout.interp.to(dev)].mix(mix, 0.5))
+            g_loss = self._generator_step(G, D, opt_g, z_g.to(dev), g_text, layout, div_target, train.bf16)
+            loop.check(d_loss=d_loss, g_loss=g_loss)
+            if self.ema is not None:
+                self.ema.update(self.G)
+            self.steps_done += 1
+            if callback is not None:
+                callback(self, step)
+            if step in snap_at:
+                shots.append(self._sample(self.condition(snapshot_captions), snap_z).cpu())
+                shot_steps.append(step + 1)
+                self.G.train()
+            if loop.due(step):
+                loop.log(step, d_loss=d_loss, g_loss=g_loss, p_real=p[0], p_fake=p[1], p_mismatch=p[2])
+        self.G.eval(), self.D.eval()
+        hist = loop.finish()
+        if snap_at:
+            hist["snapshots"], hist["snapshot_steps"] = shots, shot_steps
+        return hist
+
+    def _discriminator_step(self, G, D, opt_d, real, text, text_wrong, z, bf16):
+        """Maximise log D(x, t) + log(1 - D(G(z, t), t)) (+ mismatched pairs): one forward of D
+        over [real; fake] images, scoring real images against their wrong captions too."""
+        cfg, dev = self.config, self.device
+        with runtime.autocast(dev, bf16):
+            with torch.no_grad():
+                fake = self.G(z, text)
+            logits, d_mis = D(torch.cat([real, fake.to(memory_format=torch.channels_last)]),
+                              torch.cat([text.pooled, text.pooled]), mismatched=text_wrong.pooled)
+        d_real, d_fake = logits.float().chunk(2)
+        d_mis = d_mis.float()
+        d_loss = discriminator_loss(d_real, d_fake, d_mis if cfg.mismatch_weight > 0 else None,
+                                    cfg.d_loss_kind, cfg.mismatch_weight)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        with torch.no_grad():
+            probs = torch.stack([torch.sigmoid(d).mean() for d in (d_real, d_fake, d_mis)])
+        return d_loss.detach(), probs
+
+    def _generator_step(self, G, D, opt_g, z, g_text, layout: GeneratorBatch, div_target, bf16):
+        """Fool D on real and interpolated captions; pairs of one caption must differ."""
+        cfg, dev = self.config, self.device
+        self.D.requires_grad_(False)              # D is fixed here: no gradients for its weights
+        try:
+            with runtime.autocast(dev, bf16):
+                fake = G(z, g_text)
+                g_loss = generator_loss(self.D(fake, g_text.pooled).float(), cfg.g_loss_kind)
+                if cfg.diversity_weight > 0:      # one caption, two noises: the images must differ
+                    first, second = layout.first.to(dev), layout.second.to(dev)
+                    g_loss = g_loss + cfg.diversity_weight * diversity_loss(
+                        fake[first].float(), fake[second].float(), z[first], z[second], div_target)
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            opt_g.step()
+        finally:
+            self.D.requires_grad_(True)
+        return g_loss.detach()
+
+    # ---------------------------------------------------------------- sampling
     @torch.no_grad()
-    def _generate_z(self, captions: list[str], z: torch.Tensor) -> torch.Tensor:
+    def _sample(self, text: TextCondition, z: torch.Tensor) -> torch.Tensor:
         g = self.sampler
         g.eval()
-        out = g(z.to(self.device), self.condition(captions))
-        if not torch.isfinite(out).all():
-            raise TrainingDiverged("the generator produced NaN/inf pixels; its weights are broken "
-                                   "(reload a good checkpoint)")
+        out = g(z.to(self.device), text)
+        self._check_output(out)
         return out.float()
 
-    def _check(self, captions: list[str]) -> list[str]:
-        """Every caption must name an object; with a closed-vocabulary text encoder (the small
-        BERT) every word must be known, while MiniLM reads any English (unknown words pass)."""
-        captions = check_captions(captions)
-        for c in captions:
-            self.world.parse(c, strict=not self.text_encoder.open_vocabulary)
-        return captions
+    def _generate(self, text: TextCondition, noise: NoiseStreams, z: torch.Tensor | None = None) -> torch.Tensor:
+        return self._sample(text, noise.randn(self.config.z_dim) if z is None else z)
 
-    @property
-    def text_encoder(self):
-        """The encoder behind the caption features (MiniLM, or the dual encoder's text tower)."""
-        return self.minilm if self.config.text_encoder == "minilm" else self.aligner.text_encoder
+    def noise(self, n: int, seed: int = 0) -> torch.Tensor:
+        """The z that ``generate(..., seed=seed)`` uses for its first ``n`` images: (n, z_dim)."""
+        return NoiseStreams(checks.seed(seed), 0, checks.count(n, "n")).randn(self.config.z_dim)
 
-    def generate(self, captions: list[str], n_per_caption: int = 1, seed: int = 0,
-                 z: torch.Tensor | None = None) -> torch.Tensor:
-        """Images for captions: (len(captions) * n_per_caption, 3, S, S) in [-1, 1], grouped by
-        caption (all samples of caption 0 first), float32 on the CPU whatever device G runs on
-        (images are for looking at and measuring). ``seed`` fixes the noise."""
-        captions = self._check(captions)
-        if not isinstance(n_per_caption, int) or n_per_caption <= 0:
-            raise ValueError(f"n_per_caption must be a positive integer, got {n_per_caption!r}")
-        reps = [c for c in captions for _ in range(n_per_caption)]
-        if z is None:
-            z = torch.randn(len(reps), self.config.z_dim, generator=torch.Generator().manual_seed(seed))
-        elif z.shape != (len(reps), self.config.z_dim):
-            raise ValueError(f"z must have shape ({len(reps)}, {self.config.z_dim}), got {tuple(z.shape)}")
-        return torch.cat([self._generate_z(reps[i:i + 512], z[i:i + 512]).cpu() for i in range(0, len(reps), 512)])
+    @torch.no_grad()
+    def generate_from(self, captions: list[str], z: torch.Tensor) -> torch.Tensor:
+        """One image per caption from given noise z (len(captions), z_dim): for editing by
+        caption swap (same z, another caption) and interpolation."""
+        captions = self.check_captions(captions, "ConditionalGAN.generate_from")
+        if not isinstance(z, torch.Tensor) or z.shape != (len(captions), self.config.z_dim):
+            raise ValueError(f"z must be a tensor of shape ({len(captions)}, {self.config.z_dim}), got "
+                             f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
+        return torch.cat([self._sample(self.condition(captions[i:i + 512]), z[i:i + 512].float()).cpu()
+                          for i in range(0, len(captions), 512)])
 
     @torch.no_grad()
     def interpolate(self, caption_a: str, caption_b: str, steps: int = 8, n: int = 1, seed: int = 0) -> torch.Tensor:
         """Walk from caption_a to caption_b in text-feature space with the noise held fixed:
-        (n * steps, 3, S, S), row r = noise r, columns from a to b."""
-        self._check([caption_a, caption_b])
-        if steps < 2 or n <= 0:
-            raise ValueError("interpolation needs steps >= 2 and n >= 1")
+        (n * steps, 3, S, S), row r = noise r (the noise of generate's image r), columns a -> b."""
+        self.check_captions([caption_a, caption_b], "ConditionalGAN.interpolate")
+        steps = checks.count(steps, "steps", minimum=2, maximum=256)
+        n = checks.count(n, "n", maximum=4096)
         a, b = self.condition([caption_a]), self.condition([caption_b])
-        z = torch.randn(n, self.config.z_dim, generator=torch.Generator().manual_seed(seed)).to(self.device)
-        g = self.sampler
-        g.eval()
+        z = self.noise(n, seed)
         rows = []
         for r in range(n):
-            conds = [b.mix(a, float(beta)) for beta in torch.linspace(0, 1, steps)]
-            text = TextCondition.cat(*conds)
-            rows.append(g(z[r:r + 1].expand(steps, -1), text).float())
+            betas = torch.linspace(1, 0, steps, device=self.device)         # weight of caption a
+            text = TextCondition.cat(*[a.mix(b, float(beta)) for beta in betas])
+            rows.append(self._sample(text, z[r:r + 1].expand(steps, -1)))
         return torch.cat(rows).cpu()
 
     @torch.no_grad()
     def discriminate(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
         """D's probability that each (image, caption) pair is real and matching: (N,)."""
-        captions = self._check(captions)
-        check_images(images, self.config.image_size, "ConditionalGAN.discriminate")
+        captions = self.check_captions(captions, "ConditionalGAN.discriminate")
+        images = checks.images(images, self.config.image_size, "ConditionalGAN.discriminate")
         if len(images) != len(captions):
             raise ValueError(f"got {len(images)} images but {len(captions)} captions; pass one caption per image")
         self.D.eval()
-        return torch.sigmoid(self.D(images.to(self.device), self.condition(captions).pooled)).cpu()
-
-    # ---------------------------------------------------------------- checkpoints
-    def _load_text_stats(self, state: dict) -> None:
-        st = state.get("text_stats")
-        self.text_stats = (st["mean"].cpu(), st["std"].cpu()) if st is not None else None
-
-    def checkpoint_config(self) -> dict:
-        return {**asdict(self.config), "world": self.world.config()}
-
-    def save(self, path, history: dict | None = None) -> None:
-        """``state_dict``s + config; the aligned text tower travels with it when it is used."""
-        state = {"G": self.G.state_dict(), "D": self.D.state_dict()}
-        if self.G_ema is not None:
-            state["G_ema"] = self.G_ema.state_dict()
-        if self.text_stats is not None:
-            state["text_stats"] = {"mean": self.text_stats[0], "std": self.text_stats[1]}
-        extra = {"steps_done": self.steps_done, "history": history or {}}
-        if self.aligner is not None:
-            extra["aligner"] = {"config": asdict(self.aligner.config), "text_spec": self.aligner.text_encoder.spec,
-                                "state": {k: v for k, v in self.aligner.state_dict().items()
-                                          if self.aligner.text_encoder.trainable or not k.startswith("text_encoder.")}}
-        runtime.save_checkpoint(path, self.checkpoint_config(), state, kind="gan", **extra)
-
-    def load_weights(self, path) -> None:
-        """Load a checkpoint into this (identically configured) GAN; a different config is an error."""
-        ckpt = runtime.load_checkpoint(path, map_location=self.device, expect_config=self.checkpoint_config(),
-                                       kind="gan")
-        self.G.load_state_dict(ckpt["state"]["G"])
-        self.D.load_state_dict(ckpt["state"]["D"])
-        if self.G_ema is not None:
-            self.G_ema.load_state_dict(ckpt["state"]["G_ema"])
-        self._load_text_stats(ckpt["state"])
-        self.steps_done = ckpt.get("steps_done", 0)
-
-    @classmethod
-    def load(cls, path, device=None) -> "ConditionalGAN":
-        """Rebuild a GAN (and its text tower) from a checkpoint file."""
-        from .align import AlignConfig, DualEncoder
-        from .text import build_text_encoder
-        dev = torch.device(device) if device is not None else runtime.device()
-        ckpt = runtime.load_checkpoint(path, map_location=dev, kind="gan")
-        conf = dict(ckpt["config"])
-        world = World(**conf.pop("world"))
-        config = runtime.dataclass_from_dict(GANConfig, conf)
-        aligner = None
-        if "aligner" in ckpt:
-            a = ckpt["aligner"]
-            aligner = DualEncoder(runtime.dataclass_from_dict(AlignConfig, a["config"]), world,
-                                  build_text_encoder(a["text_spec"]))
-            aligner.load_state_dict(a["state"], strict=aligner.text_encoder.trainable)
-        gan = cls(config, world, aligner=aligner, device=dev)
-        gan.G.load_state_dict(ckpt["state"]["G"])
-        gan.D.load_state_dict(ckpt["state"]["D"])
-        if gan.G_ema is not None:
-            gan.G_ema.load_state_dict(ckpt["state"]["G_ema"])
-        gan._load_text_stats(ckpt["state"])
-        gan.steps_done = ckpt.get("steps_done", 0)
-        gan.history = ckpt.get("history", {})
-        gan.G.eval()
-        gan.D.eval()
-        return gan
+        out = [torch.sigmoid(self.D(images[i:i + 512].to(self.device, memory_format=torch.channels_last),
+                                    self.condition(captions[i:i + 512]).pooled)).cpu()
+               for i in range(0, len(images), 512)]
+        return torch.cat(out)
 
 
-def _ema_with_warmup(decay: float):
-    """EMA update for AveragedModel: avg <- d * avg + (1 - d) * current with
-    d = min(decay, (1 + n) / (10 + n)), so a short run is not dominated by the initial weights."""
-    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
-        return d * averaged + (1.0 - d) * current
-    return avg_fn
+def _replace(text: TextCondition, idx: torch.Tensor, new: TextCondition) -> TextCondition:
+    """A copy of ``text`` with rows ``idx`` replaced by ``new`` (word features padded to a common length)."""
+    n = len(text)
+    full = TextCondition.cat(text, new)                  # a fresh batch of n + len(new) rows
+    out = full[:n]
+    out.pooled[idx] = full.pooled[n:]
+    if out.tokens is not None:
+        out.tokens[idx], out.mask[idx] = full.tokens[n:], full.mask[n:]
+    return out
 
 
-__all__ = ["GANConfig", "Generator", "Discriminator", "ConditionalGAN", "discriminator_loss",
-           "generator_loss", "TrainingDiverged"]
+__all__ = ["GANConfig", "RECIPES", "Generator", "Discriminator", "ProjectionHead", "ConcatHead", "GeneratorBatch",
+           "ConditionalGAN", "TrainingDiverged"]

@@ -1,22 +1,26 @@
-"""Runtime: device choice, profiles (sizes and step budgets), seeding, checkpoints.
+"""Runtime: device choice, profiles (sizes and step budgets), seeding, precision, the machine.
 
 A *profile* fixes how big the models are and how long they train, so the same chapter runs
 in minutes on a laptop CPU (``cpu``), trains longer on a GPU (``gpu``), and finishes in
 seconds inside the unit tests (``smoke``). ``MMTUTOR_PROFILE`` overrides the default, which
 is chosen from the device.
 
-Checkpoints are a ``state_dict`` plus a plain config dict, loaded with
-``torch.load(weights_only=True)`` -- never a pickled object -- so loading a file cannot run code.
+Every timing the book reports names the machine it was measured on: ``machine()`` gives the
+CPU model, whether it has AMX (bfloat16 matrix units, which make the ``cpu`` profile about
+twice as fast), the precision in use, and the torch version.
 """
 
 from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass, fields
-from pathlib import Path
+import platform
+from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
+
+from . import checks
 
 PROFILE_ENV = "MMTUTOR_PROFILE"
 
@@ -45,11 +49,13 @@ class Profile:
     name: str
     image_size: int = 32          # pixels per side of the world's renders
     pool_size: int = 8192         # rendered training images (the caption bank comes on top)
+    caption_augment: float = 0.0  # share of the caption bank written with grammar.AUGMENT_TEMPLATES
     batch_size: int = 64          # GAN batch size
-    gan_steps: int = 2200         # generator updates (about 2 minutes on two CPU cores)
+    gan_steps: int = 2200         # generator updates
     align_steps: int = 300        # contrastive-alignment updates
     align_batch: int = 128
-    judge_steps: int = 400        # updates of the attribute classifier used as judge
+    judge_steps: int = 400        # updates of the CNN judge
+    judge2_steps: int = 400       # updates of the second (residual, augmented) judge
     g_channels: int = 32          # generator width at full resolution
     d_channels: int = 32          # discriminator width after its first layer
     eval_per_caption: int = 8     # generated images per caption when measuring consistency
@@ -59,14 +65,15 @@ class Profile:
 PROFILES = {
     # unit tests only: seconds, results barely better than chance
     "smoke": Profile("smoke", pool_size=512, batch_size=16, gan_steps=30, align_steps=30, align_batch=32,
-                     judge_steps=40, g_channels=16, d_channels=16, eval_per_caption=2),
-    # a reader's laptop and CI: about two minutes per model on two cores
+                     judge_steps=40, judge2_steps=40, g_channels=16, d_channels=16, eval_per_caption=2),
+    # a reader's laptop and CI
     "cpu": Profile("cpu"),
     # a GPU: 64x64 images, wider models, bigger batches. These small networks leave a GPU
     # launch-bound (measured on an H100/H200: ~53 ms per GAN step, ~32 ms per judge step,
-    # ~37 ms per alignment step), so step counts are sized for a whole book in under 10 minutes.
+    # ~37 ms per alignment step), so step counts are sized for a whole book in minutes.
     "gpu": Profile("gpu", image_size=64, pool_size=16384, batch_size=128, gan_steps=2500, align_steps=600,
-                   align_batch=256, judge_steps=800, g_channels=64, d_channels=64, eval_per_caption=16),
+                   align_batch=256, judge_steps=800, judge2_steps=800, g_channels=64, d_channels=64,
+                   eval_per_caption=16),
 }
 
 
@@ -84,6 +91,7 @@ def profile(name: str | None = None, dev: torch.device | None = None) -> Profile
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, torch (CPU and CUDA) and return a torch.Generator seeded the same way."""
+    seed = checks.seed(seed)
     random.seed(seed)
     torch.manual_seed(seed)
     try:
@@ -103,13 +111,44 @@ def bf16_supported(dev: torch.device) -> bool:
     return False
 
 
-def _cpu_has_amx() -> bool:
-    """Intel AMX (amx_bf16) makes bfloat16 matmuls ~4x faster than fp32; without it bf16 is slower."""
+@lru_cache(maxsize=1)
+def _cpuinfo() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            return "amx_bf16" in f.read()
-    except OSError:  # not Linux: stay in fp32
-        return False
+            return f.read()
+    except OSError:  # not Linux
+        return ""
+
+
+def _cpu_has_amx() -> bool:
+    """Intel AMX (amx_bf16) makes bfloat16 matmuls ~4x faster than fp32. Without it bf16 is
+    slower: measured on an AMD EPYC (Zen 4, AVX512_BF16, no AMX), a GAN step takes 116 ms in
+    fp32 and 284 ms under bf16 autocast. So bf16 is used only where AMX is present."""
+    return "amx_bf16" in _cpuinfo()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo; ``platform.processor()`` elsewhere)."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def precision(dev: torch.device, bf16: bool = True) -> str:
+    """"bf16" where a profile asks for it and the hardware makes it pay, else "fp32"."""
+    return "bf16" if bf16 and bf16_supported(dev) else "fp32"
+
+
+def machine(dev: torch.device | None = None, bf16: bool = True) -> dict:
+    """What a reported timing was measured on: CPU model, AMX yes/no, cores, threads, device,
+    precision, torch and Python versions."""
+    dev = dev or device()
+    return {"cpu": cpu_model(), "amx": _cpu_has_amx(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "device": str(dev),
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type,
+            "precision": precision(dev, bf16), "torch": torch.__version__,
+            "python": platform.python_version()}
 
 
 def autocast(dev: torch.device, enabled: bool):
@@ -119,73 +158,14 @@ def autocast(dev: torch.device, enabled: bool):
 
 
 def describe(dev: torch.device, prof: Profile, seed: int) -> str:
-    """One line for a chapter's set-up cell."""
+    """One line for a chapter's set-up cell: device, profile, precision, seed, and the CPU."""
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
-    return (f"device: {name} | profile: {prof.name} | seed: {seed} | torch {torch.__version__}"
-            f" | threads: {torch.get_num_threads()}")
+    amx = "AMX" if _cpu_has_amx() else "no AMX"
+    return (f"device: {name} | profile: {prof.name} | precision: {precision(dev, prof.bf16)} | seed: {seed}"
+            f" | torch {torch.__version__} | CPU: {cpu_model()} ({amx}, {torch.get_num_threads()} threads)")
 
 
-# ------------------------------------------------------------------------ checkpoints
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: corrupted, truncated, or of another config."""
+__all__ = ["device", "Profile", "PROFILES", "profile", "seed_everything", "autocast", "describe", "machine",
+           "cpu_model", "precision", "bf16_supported", "PROFILE_ENV"]
 
 
-def save_checkpoint(path: str | os.PathLike, config: dict, state: dict[str, dict], **extra) -> Path:
-    """Write ``{"config": config, "state": {name: state_dict}, **extra}`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": "mmtutor/1", "config": config, "state": state, **extra}, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a half-written checkpoint behind
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike, map_location=None, expect_config: dict | None = None,
-                    kind: str | None = None) -> dict:
-    """Load with ``weights_only=True``. Raises CheckpointError naming what is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location or "cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged file: zip, pickle, EOF, index, key errors
-        reason = str(e).split("\n")[0][:200]   # first line only: torch's advice to use weights_only=False is unsafe
-        raise CheckpointError(f"{path} is not a readable mmtutor checkpoint (truncated, corrupted, or not a "
-                              f"checkpoint at all): {type(e).__name__}: {reason}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "mmtutor/1":
-        raise CheckpointError(f"{path} is not an mmtutor checkpoint (no 'format': 'mmtutor/1' entry)")
-    if kind is not None and ckpt.get("kind") != kind:
-        raise CheckpointError(f"{path} holds a {ckpt.get('kind')!r} checkpoint, expected {kind!r}")
-    if expect_config is not None:
-        check_config(ckpt["config"], expect_config, source=str(path))
-    return ckpt
-
-
-def check_config(found: dict, expected: dict, source: str = "checkpoint") -> None:
-    """Raise CheckpointError naming the first field where two configs differ."""
-    for key in sorted(set(found) | set(expected)):
-        if key not in found:
-            raise CheckpointError(f"{source} has no config field {key!r} (expected {expected[key]!r})")
-        if key not in expected:
-            raise CheckpointError(f"{source} has an unexpected config field {key!r}={found[key]!r}")
-        if _plain(found[key]) != _plain(expected[key]):
-            raise CheckpointError(f"{source} was saved with {key}={found[key]!r}, "
-                                  f"but this model has {key}={expected[key]!r}")
-
-
-def _plain(x):
-    return list(map(_plain, x)) if isinstance(x, (list, tuple)) else x
-
-
-def dataclass_from_dict(cls, data: dict):
-    """Rebuild a config dataclass; unknown fields are an error, not silently dropped."""
-    names = {f.name for f in fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise CheckpointError(f"config has unknown fields for {cls.__name__}: {sorted(unknown)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-
-__all__ = ["device", "Profile", "PROFILES", "profile", "seed_everything", "autocast", "describe",
-           "save_checkpoint", "load_checkpoint", "check_config", "CheckpointError",
-           "dataclass_from_dict", "bf16_supported"]

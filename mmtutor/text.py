@@ -26,29 +26,14 @@ from __future__ import annotations
 import os
 import re
 import sys
-from functools import lru_cache
 
 import torch
 import torch.nn as nn
 
+from . import checks
+
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def check_captions(captions) -> list[str]:
-    """A non-empty list of non-blank strings, or a ValueError/TypeError saying what is wrong."""
-    if isinstance(captions, str):
-        raise TypeError("expected a list of captions, got a single string; wrap it: [caption]")
-    captions = list(captions)
-    if not captions:
-        raise ValueError("expected at least one caption, got an empty list")
-    for i, c in enumerate(captions):
-        if not isinstance(c, str):
-            raise TypeError(f"caption {i} is a {type(c).__name__}, not a string")
-        if not c.strip():
-            raise ValueError(f"caption {i} is empty or whitespace; describe a scene, "
-                             "e.g. 'a red apple on the table'")
-    return captions
 
 
 def _quiet_transformers():
@@ -105,19 +90,40 @@ class WordTokenizer:
     def __len__(self) -> int:
         return len(self.vocab)
 
-    def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        """captions -> {"input_ids": (N, L), "attention_mask": (N, L)}, padded to the longest."""
-        captions = check_captions(captions)
-        if self.unknown == "error":
-            for c in captions:
-                bad = [w for w in re.findall(r"\w+|[^\w\s]+", c.lower()) if w not in self.vocab]
+    def words_of(self, caption: str) -> list[str]:
+        """The tokens a caption splits into (before [CLS]/[SEP] are added)."""
+        return [t for t, _ in self.hf.backend_tokenizer.pre_tokenizer.pre_tokenize_str(caption.lower())]
+
+    def __call__(self, captions: list[str], who: str = "tokenizer") -> dict[str, torch.Tensor]:
+        """captions -> {"input_ids": (N, L), "attention_mask": (N, L)}, padded to the longest.
+
+        A caption longer than ``max_length - 2`` words is refused rather than cut short: a cut
+        caption would silently lose the words at its end (often the relation)."""
+        captions = checks.captions(captions, who)
+        for c in captions:
+            words = self.words_of(c)
+            if self.unknown == "error":
+                bad = [w for w in words if w not in self.vocab]
                 if bad:
                     raise ValueError(
-                        f"caption {c!r} has words outside the vocabulary: {', '.join(map(repr, bad))}; "
+                        f"caption {c!r} has words outside the vocabulary: {', '.join(map(repr, dict.fromkeys(bad)))}; "
                         f"allowed words are: {', '.join(self.words)} (or build the encoder with unknown='unk')")
-        enc = self.hf(captions, padding=True, truncation=True, max_length=self.max_length,
-                      return_tensors="pt")
+            if len(words) > self.max_length - 2:
+                raise ValueError(f"caption {c!r} has {len(words)} words; this tokenizer reads at most "
+                                 f"{self.max_length - 2} (it would otherwise cut the caption short)")
+        enc = self.hf(captions, padding=True, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def decode(self, ids) -> str:
+        """Token ids -> caption, stopping at [SEP] and skipping special tokens."""
+        out = []
+        for i in (ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)):
+            tok = self.hf.convert_ids_to_tokens(int(i))
+            if tok == "[SEP]":
+                break
+            if tok not in SPECIAL_TOKENS:
+                out.append(tok)
+        return " ".join(out)
 
 
 # ------------------------------------------------------------------------ encoders
@@ -201,7 +207,8 @@ class MiniLM(TextEncoder):
     """Pretrained all-MiniLM-L6-v2 (a 6-layer BERT, hidden 384), frozen. Apache-2.0 licence.
 
     ``encode`` = mean pooling over tokens, then L2 normalisation (the model's own recipe).
-    Results are cached per caption, so a caption bank is encoded once.
+    Results are cached per caption, so a caption bank is encoded once per process. A caption
+    longer than the model's 512 tokens is refused (the model cannot read past them).
     """
 
     name = "minilm"
@@ -218,14 +225,21 @@ class MiniLM(TextEncoder):
         self.model = AutoModel.from_pretrained(path, local_files_only=local).eval()
         self.model.requires_grad_(False)
         self.dim = self.model.config.hidden_size
+        self.max_tokens = int(self.model.config.max_position_embeddings)
         self.spec = {"kind": "minilm"}
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def train(self, mode: bool = True):  # frozen: always in eval mode (no dropout)
         return super().train(False)
 
-    def tokenize(self, captions):
-        enc = self.tokenizer(check_captions(captions), padding=True, return_tensors="pt")
+    def tokenize(self, captions, who: str = "MiniLM"):
+        captions = checks.captions(captions, who)
+        enc = self.tokenizer(captions, padding=True, return_tensors="pt")
+        lengths = enc["attention_mask"].sum(1)
+        if int(lengths.max()) > self.max_tokens:
+            i = int(lengths.argmax())
+            raise ValueError(f"{who}: caption {i} has {int(lengths[i])} tokens; the pretrained MiniLM reads at most "
+                             f"{self.max_tokens} (shorten it: captions of this world need about 10)")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     @torch.no_grad()
@@ -236,7 +250,7 @@ class MiniLM(TextEncoder):
 
     @torch.no_grad()
     def _fill_cache(self, captions: list[str], batch_size: int = 256):
-        todo = list(dict.fromkeys(c for c in check_captions(captions) if c not in self._cache))
+        todo = list(dict.fromkeys(c for c in captions if c not in self._cache))
         for i in range(0, len(todo), batch_size):
             chunk = todo[i:i + batch_size]
             enc = {k: v.to(self.device) for k, v in self.tokenize(chunk).items()}
@@ -246,24 +260,36 @@ class MiniLM(TextEncoder):
                 self._cache[c] = (tokens[j, :n].cpu(), pooled[j].cpu())
 
     def encode(self, captions):
+        captions = checks.captions(captions, "MiniLM")
         self._fill_cache(captions)
         return torch.stack([self._cache[c][1] for c in captions]).to(self.device)
 
     def encode_tokens(self, captions):
+        captions = checks.captions(captions, "MiniLM")
         self._fill_cache(captions)
         out, mask = pad_sequences([self._cache[c][0] for c in captions])
         return out.to(self.device), mask.to(self.device)
 
 
-@lru_cache(maxsize=2)
-def _load_minilm(path: str | None) -> MiniLM:
-    return MiniLM(path)
+_MINILM: dict[tuple, MiniLM] = {}
 
 
 def load_minilm(path: str | None = None, device: torch.device | str | None = None) -> MiniLM:
-    """The frozen MiniLM, loaded once per process (about 2 s) and shared."""
-    enc = _load_minilm(path)
-    return enc.to(device) if device is not None else enc
+    """The frozen MiniLM, loaded once per process (about 2 s) and shared; one copy per device,
+    so asking for it on a GPU never moves the copy other code holds on the CPU. The copies
+    share nothing mutable but their per-caption caches' contents (identical by construction)."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    key = (path, str(dev))
+    if key not in _MINILM:
+        base = _MINILM.get((path, "cpu"))
+        if base is None:
+            base = _MINILM[(path, "cpu")] = MiniLM(path)
+        if dev.type != "cpu":
+            import copy
+            moved = copy.deepcopy(base).to(dev)
+            moved._cache = base._cache           # CPU tensors: the cache is device-independent
+            _MINILM[key] = moved
+    return _MINILM[key]
 
 
 def build_text_encoder(spec: dict) -> TextEncoder:
@@ -278,4 +304,4 @@ def build_text_encoder(spec: dict) -> TextEncoder:
 
 
 __all__ = ["WordTokenizer", "TextEncoder", "SmallBert", "MiniLM", "load_minilm", "minilm_path",
-           "check_captions", "masked_mean", "pad_sequences", "build_text_encoder"]
+           "masked_mean", "pad_sequences", "build_text_encoder", "SPECIAL_TOKENS"]

@@ -6,7 +6,8 @@ is enough (LeCun et al. 1998; the layout follows the DCGAN discriminator, Radfor
 strided 3x3 convolutions halve the resolution down to 4x4, and the 4x4 map is flattened
 rather than averaged, because *where* things are ("under the table") is part of the meaning.
 
-The same trunk serves the dual encoder (``align.py``) and the judge (``metrics.py``).
+The same trunk serves the dual encoder (``align.py``), the judge (``judge.py``), the VAE's
+encoder (``vae.py``) and the captioner (``captioner.py``).
 """
 
 from __future__ import annotations
@@ -16,23 +17,7 @@ import math
 import torch
 import torch.nn as nn
 
-
-def check_images(x, image_size: int | None = None, who: str = "model") -> torch.Tensor:
-    """A float tensor of shape (N, 3, H, W) with H = W = image_size, else a clear error."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{who} expects images as a torch.Tensor of shape (N, 3, H, W), got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{who} expects floating-point images in [-1, 1], got dtype {x.dtype}; "
-                        "convert uint8 images with x.float() / 127.5 - 1")
-    if x.ndim != 4:
-        hint = " (add a batch dimension: x.unsqueeze(0))" if x.ndim == 3 else ""
-        raise ValueError(f"{who} expects images of shape (N, 3, H, W), got {tuple(x.shape)}{hint}")
-    if x.shape[1] != 3:
-        raise ValueError(f"{who} expects 3 colour channels (RGB), got {x.shape[1]} in shape {tuple(x.shape)}")
-    if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
-        raise ValueError(f"{who} expects {image_size}x{image_size} images, got "
-                         f"{x.shape[-2]}x{x.shape[-1]}")
-    return x
+from . import checks
 
 
 def n_halvings(image_size: int) -> int:
@@ -63,8 +48,8 @@ class ImageEncoder(nn.Module):
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * 16, dim))  # (N, c*16) -> (N, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.image_size, "ImageEncoder")
+        x = checks.images(x, self.image_size, "ImageEncoder", check_values=not self.training)
         return self.head(self.features(x))
 
 
-__all__ = ["ImageEncoder", "check_images", "n_halvings"]
+__all__ = ["ImageEncoder", "n_halvings"]

@@ -1,39 +1,47 @@
 """Trained models shared between chapters: trained once per configuration, then loaded.
 
-Several chapters need the same judge, dual encoder or GAN. The first chapter that asks for
-one trains it (with a progress bar and a history to plot) and stores it in the cache
-folder; later chapters -- and later runs -- load it in a second. The cache key is a hash of
-everything that determines the model (world, profile, config, seed, library version), so a
-change to any of them trains a new model instead of loading a stale one.
+Several chapters need the same judge, dual encoder or generator. The first chapter that asks
+for one trains it (with a progress bar and a history to plot) and stores it in the cache
+folder; later chapters -- and later runs -- load it in a second.
+
+The cache key is a hash of everything that determines the model: the world, the profile's
+sizes and budgets, the config and the seed, *the source code of every mmtutor module the
+model's definition and training import* (found by reading their import statements), and the
+torch version. Edit ``gan.py`` and every cached GAN is retrained on its next use; edit
+``viz.py`` and nothing is. So a model trained by other code is never loaded by mistake.
 
 The folder is ``$MMTUTOR_CACHE`` if set, else ``~/.cache/mmtutor``. Delete it to retrain.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
 import time
-from functools import lru_cache
 from dataclasses import asdict
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from . import __version__, runtime
+from . import runtime
 from .align import AlignConfig, DualEncoder, train_alignment
 from .data import PairPool
 from .gan import ConditionalGAN, GANConfig
-from .metrics import Judge, train_judge
+from .judge import Judge, judge_accuracy, train_judge
+from .loop import TrainConfig
 from .world import World
 
 CACHE_ENV = "MMTUTOR_CACHE"
+PACKAGE = Path(__file__).resolve().parent
 
 # Every GAN the zoo trains keeps snapshots of these captions (fixed noise) as it learns.
 SNAPSHOT_CAPTIONS = ["a red apple on the table", "a small blue star under the table",
                      "a large yellow cone left of the table", "a little green bottle right of the table",
                      "a big white donut on the table", "a small purple box under the table"]
+SNAPSHOTS = 6
 
 
 def cache_dir() -> Path:
@@ -42,36 +50,91 @@ def cache_dir() -> Path:
     return path
 
 
-def _path(kind: str, payload: dict) -> Path:
-    blob = json.dumps({"kind": kind, "version": __version__, **payload}, sort_keys=True, default=str)
-    return cache_dir() / f"{kind}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}.pt"
+# ------------------------------------------------------------------------ the cache key
+def _imports(module: str, package: Path = PACKAGE) -> set[str]:
+    """The mmtutor modules that ``module`` imports (relative imports only)."""
+    tree = ast.parse((package / f"{module}.py").read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                out.add(node.module.split(".")[0])
+            else:
+                out.update(alias.name for alias in node.names)
+    return {m for m in out if (package / f"{m}.py").exists()}
+
+
+def dependencies(module: str, package: Path = PACKAGE) -> list[str]:
+    """``module`` and every mmtutor module it imports, transitively (sorted)."""
+    seen, todo = set(), [module]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(_imports(m, package) - seen)
+    return sorted(seen)
+
+
+def source_fingerprint(module: str, package: Path = PACKAGE) -> str:
+    """A hash of the source of ``module`` and of everything it imports, plus the torch version."""
+    h = hashlib.sha1(f"torch {torch.__version__}".encode())
+    for m in dependencies(module, package):
+        h.update(m.encode() + b"\0" + (package / f"{m}.py").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(kind: str, module: str, payload: dict) -> str:
+    blob = json.dumps({"kind": kind, "code": source_fingerprint(module), **payload}, sort_keys=True, default=str)
+    return f"{kind}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
+
+
+def _path(kind: str, module: str, payload: dict) -> Path:
+    return cache_dir() / f"{cache_key(kind, module, payload)}.pt"
 
 
 def _info(path: Path, cached: bool, history: dict, seconds: float) -> dict:
     return {"path": str(path), "cached": cached, "history": history, "train_seconds": seconds}
 
 
-def judge(world: World, prof: runtime.Profile, seed: int = 0, device=None, progress: bool = True):
-    """The attribute classifier used to measure every generated image. Returns (judge, info)."""
+# ------------------------------------------------------------------------ models
+def judge(world: World, prof: runtime.Profile, seed: int = 0, device=None, progress: bool = True,
+          arch: str = "cnn"):
+    """An attribute classifier used to measure generated images (``arch``: "cnn" or "resnet").
+    Its accuracy on 2000 fresh real renders of the seen and of the held-out combinations is
+    measured once and kept in ``judge.accuracy``. Returns (judge, info)."""
     dev = torch.device(device) if device is not None else runtime.device()
-    path = _path("judge", {"world": world.config(), "steps": prof.judge_steps, "seed": seed, "split": "train"})
+    steps = prof.judge_steps if arch == "cnn" else prof.judge2_steps
+    path = _path("judge", "judge", {"world": world.config(), "steps": steps, "seed": seed, "split": "train",
+                                    "arch": arch, "bf16": prof.bf16})
     if path.exists():
         j = Judge.load(path, map_location=dev)
         return j, _info(path, True, j.history, j.history.get("seconds", 0.0))
-    j, hist = train_judge(world, steps=prof.judge_steps, seed=seed, device=dev, bf16=prof.bf16, progress=progress)
+    j, hist = train_judge(world, steps=steps, seed=seed, device=dev, bf16=prof.bf16, progress=progress, arch=arch)
+    j.accuracy = {s: judge_accuracy(j, world, n=2000, split=s) for s in ("train", "heldout")}
     j.save(path, history=hist)
     return j, _info(path, False, hist, hist["seconds"])
 
 
-def pool(world: World, prof: runtime.Profile, n_images: int | None = None, seed: int = 0) -> PairPool:
+def judges(world: World, prof: runtime.Profile, seed: int = 0, device=None, progress: bool = True) -> dict[str, Judge]:
+    """Both judges, {"cnn judge": ..., "resnet judge": ...}: the book reports consistency from both."""
+    out = {}
+    for arch in ("cnn", "resnet"):
+        j, _ = judge(world, prof, seed=seed, device=device, progress=progress, arch=arch)
+        out[j.name] = j
+    return out
+
+
+def pool(world: World, prof: runtime.Profile, n_images: int | None = None, seed: int = 0,
+         augment: float | None = None) -> PairPool:
     """The training pairs every model of a profile learns from. Rendered once per process and
-    shared (a pool is read-only and fully determined by world, size and seed)."""
-    return _pool(json.dumps(world.config(), sort_keys=True), n_images or prof.pool_size, seed)
+    shared (a pool is read-only and fully determined by world, size, seed and phrasing)."""
+    augment = prof.caption_augment if augment is None else augment
+    return _pool(json.dumps(world.config(), sort_keys=True), n_images or prof.pool_size, seed, augment)
 
 
 @lru_cache(maxsize=4)
-def _pool(world_config: str, n_images: int, seed: int) -> PairPool:
-    return PairPool(World(**json.loads(world_config)), "train", n_images=n_images, seed=seed)
+def _pool(world_config: str, n_images: int, seed: int, augment: float) -> PairPool:
+    return PairPool(World(**json.loads(world_config)), "train", n_images=n_images, seed=seed, augment=augment)
 
 
 def aligner(world: World, prof: runtime.Profile, config: AlignConfig | None = None, seed: int = 0,
@@ -79,24 +142,27 @@ def aligner(world: World, prof: runtime.Profile, config: AlignConfig | None = No
     """The contrastive dual encoder (small BERT + CNN by default). Returns (model, info)."""
     dev = torch.device(device) if device is not None else runtime.device()
     config = config or AlignConfig(image_size=world.image_size)
-    path = _path("align", {"world": world.config(), "config": asdict(config), "steps": prof.align_steps,
-                           "batch": prof.align_batch, "pool": prof.pool_size, "seed": seed})
+    path = _path("align", "align", {"world": world.config(), "config": asdict(config), "steps": prof.align_steps,
+                                    "batch": prof.align_batch, "pool": prof.pool_size, "seed": seed,
+                                    "augment": prof.caption_augment, "bf16": prof.bf16})
     if path.exists():
         m = DualEncoder.load(path, map_location=dev)
         return m, _info(path, True, m.history, m.history.get("total_seconds", 0.0))
     torch.manual_seed(seed)
     m = DualEncoder(config, world).to(dev)
-    hist = train_alignment(m, pool(world, prof, seed=seed), steps=prof.align_steps, batch_size=prof.align_batch,
-                           seed=seed, bf16=prof.bf16, progress=progress)
+    hist = train_alignment(m, pool(world, prof, seed=seed),
+                           TrainConfig(steps=prof.align_steps, batch_size=prof.align_batch, seed=seed,
+                                       bf16=prof.bf16, progress=progress, log_every=20))
     m.save(path, history=hist)
     return m, _info(path, False, hist, hist["total_seconds"])
 
 
-def gan_config(world: World, prof: runtime.Profile, **overrides) -> GANConfig:
-    """The profile's GAN configuration (sizes from the profile), with overrides."""
+def gan_config(world: World, prof: runtime.Profile, recipe: str = "book", **overrides) -> GANConfig:
+    """The profile's GAN configuration (sizes from the profile) for a recipe, with overrides."""
+    from .gan import RECIPES
     base = dict(image_size=world.image_size, g_channels=prof.g_channels, d_channels=prof.d_channels)
     base.update(overrides)
-    return GANConfig(**base)
+    return RECIPES[recipe](**base)
 
 
 def gan(world: World, prof: runtime.Profile, config: GANConfig | None = None, seed: int = 0, device=None,
@@ -107,21 +173,23 @@ def gan(world: World, prof: runtime.Profile, config: GANConfig | None = None, se
     config = config or gan_config(world, prof)
     steps = steps or prof.gan_steps
     n_images = n_images or prof.pool_size
-    path = _path("gan", {"world": world.config(), "config": asdict(config), "steps": steps, "pool": n_images,
-                         "batch": prof.batch_size, "seed": seed, "snapshots": SNAPSHOT_CAPTIONS})
+    path = _path("gan", "gan", {"world": world.config(), "config": asdict(config), "steps": steps, "pool": n_images,
+                                "batch": prof.batch_size, "seed": seed, "snapshots": SNAPSHOT_CAPTIONS,
+                                "augment": prof.caption_augment, "bf16": prof.bf16})
     if path.exists():
         g = ConditionalGAN.load(path, device=dev)
         return g, _info(path, True, g.history, g.history.get("total_seconds", 0.0))
     al = aligner(world, prof, seed=seed, device=dev, progress=progress)[0] if config.text_encoder != "minilm" else None
+    torch.manual_seed(seed)
     g = ConditionalGAN(config, world, aligner=al, device=dev)
     t0 = time.perf_counter()
-    hist = g.fit(pool(world, prof, n_images=n_images, seed=seed), steps=steps, batch_size=prof.batch_size,
-                 seed=seed, bf16=prof.bf16, snapshot_every=-(-steps // 6),
-                 snapshot_captions=SNAPSHOT_CAPTIONS, progress=progress)
+    hist = g.fit(pool(world, prof, n_images=n_images, seed=seed),
+                 TrainConfig(steps=steps, batch_size=prof.batch_size, seed=seed, bf16=prof.bf16, progress=progress),
+                 snapshot_captions=SNAPSHOT_CAPTIONS, snapshots=SNAPSHOTS)
     hist["wall_seconds"] = time.perf_counter() - t0
-    g.history = hist
     g.save(path, history=hist)
     return g, _info(path, False, hist, hist["total_seconds"])
 
 
-__all__ = ["SNAPSHOT_CAPTIONS", "cache_dir", "judge", "aligner", "gan", "gan_config", "pool", "CACHE_ENV"]
+__all__ = ["SNAPSHOT_CAPTIONS", "SNAPSHOTS", "cache_dir", "judge", "judges", "aligner", "gan", "gan_config", "pool",
+           "CACHE_ENV", "dependencies", "source_fingerprint", "cache_key"]

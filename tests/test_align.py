@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import mmtutor as mm
-from mmtutor.align import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, clip_loss, retrieval_metrics
+from mmtutor.align import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, retrieval_metrics
+from mmtutor.losses import clip_loss
 
 
 def _plain(logits):
@@ -122,7 +123,7 @@ def test_dual_encoder_save_load_round_trip(tiny_dual, world, tmp_path):
     for x, y in zip(a, b):
         assert torch.equal(x, y)
     assert loaded.history == {"loss": [1.0]}
-    with pytest.raises(mm.runtime.CheckpointError, match="holds a 'align' checkpoint, expected 'gan'"):
+    with pytest.raises(mm.checkpoint.CheckpointError, match="holds a 'align' checkpoint, expected 'gan'"):
         mm.ConditionalGAN.load(path)
 
 
@@ -197,7 +198,7 @@ def test_train_alignment_is_deterministic(world):
 
 
 def test_train_alignment_rejects_bad_arguments(tiny_dual, pool):
-    with pytest.raises(ValueError, match="steps must be positive"):
+    with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
         mm.align.train_alignment(tiny_dual, pool, steps=0)
-    with pytest.raises(ValueError, match="batch_size at least 2"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 2"):
         mm.align.train_alignment(tiny_dual, pool, steps=1, batch_size=1)

@@ -72,9 +72,9 @@ def test_heldout_pool(world):
 
 
 def test_pool_rejects_bad_sizes(world):
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(ValueError, match="n_images must be a positive integer, got 0"):
         mm.PairPool(world, n_images=0)
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(ValueError, match="captions_per_combo must be a positive integer, got 0"):
         mm.PairPool(world, n_images=8, captions_per_combo=0)
 
 

@@ -4,7 +4,8 @@ distribution over the real words and ignore padding."""
 import pytest
 import torch
 
-from mmtutor.fusion import ConcatFusion, CrossAttentionFusion, TextCondition
+from mmtutor.condition import TextCondition
+from mmtutor.fusion import ConcatFusion, CrossAttentionFusion
 
 
 def _gen(seed=0):

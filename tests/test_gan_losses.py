@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from mmtutor.gan import GANConfig, diversity_loss, discriminator_loss, generator_loss
+from mmtutor.gan import GANConfig
+from mmtutor.losses import diversity_loss, discriminator_loss, generator_loss
 
 REAL = torch.tensor([2.0, -1.0, 0.5, 3.0], dtype=torch.float64)
 FAKE = torch.tensor([-0.3, 1.2, -4.0], dtype=torch.float64)
@@ -52,7 +53,7 @@ def test_discriminator_hinge():
 
 
 def test_discriminator_unknown_kind():
-    with pytest.raises(ValueError, match="unknown loss 'wgan'; choose one of: bce, hinge"):
+    with pytest.raises(ValueError, match="unknown discriminator loss 'wgan'; choose one of: bce, hinge"):
         discriminator_loss(REAL, FAKE, kind="wgan")
 
 
@@ -96,7 +97,7 @@ def test_diversity_loss_pushes_images_apart():
 
 # ------------------------------------------------------------------------ config
 @pytest.mark.parametrize("field, value, allowed", [
-    ("text_encoder", "gpt", "clip, bert, minilm"),
+    ("text_encoder", "gpt", "minilm, clip, bert"),
     ("fusion", "sum", "concat, attention"),
     ("loss", "wgan", "hinge, bce, bce-saturating"),
     ("norm", "layer", "spectral, batch"),
@@ -118,13 +119,21 @@ def test_config_rejects_bad_ema_decay(decay):
         GANConfig(ema_decay=decay)
 
 
-def test_classic_config():
-    c = GANConfig.classic()
-    assert c.loss == "bce" and c.norm == "batch" and c.ema_decay == 0
+def test_ablation_config():
+    c = GANConfig.ablation()
+    assert c.loss == "bce" and c.norm == "batch" and c.ema_decay == 0 and c.diversity_weight == 0
     assert c.lr_g == c.lr_d
     assert c.d_loss_kind == "bce" and c.g_loss_kind == "nonsaturating"
-    assert GANConfig.classic(z_dim=16, loss="bce-saturating").z_dim == 16
-    assert GANConfig.classic(loss="bce-saturating").g_loss_kind == "saturating"
+    assert c.d_condition == "projection" and c.standardize_text       # an ablation keeps these
+    assert GANConfig.ablation(z_dim=16, loss="bce-saturating").z_dim == 16
+    assert GANConfig.ablation(loss="bce-saturating").g_loss_kind == "saturating"
+
+
+def test_reed2016_config():
+    c = GANConfig.reed2016()
+    assert c.d_condition == "concat" and not c.standardize_text
+    assert (c.loss, c.norm, c.ema_decay, c.diversity_weight) == ("bce", "batch", 0, 0)
+    assert c.lr_g == c.lr_d and c.mismatch_weight == 0.5 and c.interp_fraction > 0
 
 
 def test_default_config_loss_kinds():

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import mmtutor as mm
-from mmtutor import runtime
-from mmtutor.runtime import CheckpointError
+from mmtutor import checkpoint, runtime
+from mmtutor.checkpoint import CheckpointError
 
 
 # ------------------------------------------------------------------------ profiles
@@ -83,45 +83,45 @@ def test_autocast_disabled_is_a_no_op():
 
 # ------------------------------------------------------------------------ configs and checkpoints
 def test_check_config_names_the_differing_field():
-    runtime.check_config({"a": 1, "b": (1, 2)}, {"a": 1, "b": [1, 2]})       # tuple == list: fine
+    checkpoint.check_config({"a": 1, "b": (1, 2)}, {"a": 1, "b": [1, 2]})       # tuple == list: fine
     with pytest.raises(CheckpointError, match="saved with b=2, but this model has b=3"):
-        runtime.check_config({"a": 1, "b": 2}, {"a": 1, "b": 3}, source="x.pt")
+        checkpoint.check_config({"a": 1, "b": 2}, {"a": 1, "b": 3}, source="x.pt")
     with pytest.raises(CheckpointError, match="has no config field 'c'"):
-        runtime.check_config({"a": 1}, {"a": 1, "c": 0})
+        checkpoint.check_config({"a": 1}, {"a": 1, "c": 0})
     with pytest.raises(CheckpointError, match="unexpected config field 'd'=4"):
-        runtime.check_config({"a": 1, "d": 4}, {"a": 1})
+        checkpoint.check_config({"a": 1, "d": 4}, {"a": 1})
 
 
 def test_dataclass_from_dict():
-    c = runtime.dataclass_from_dict(mm.GANConfig, {"z_dim": 16, "betas": [0.5, 0.9]})
+    c = checkpoint.dataclass_from_dict(mm.GANConfig, {"z_dim": 16, "betas": [0.5, 0.9]})
     assert c.z_dim == 16 and c.betas == (0.5, 0.9)
     with pytest.raises(CheckpointError, match=r"unknown fields for GANConfig: \['colour'\]"):
-        runtime.dataclass_from_dict(mm.GANConfig, {"colour": 1})
+        checkpoint.dataclass_from_dict(mm.GANConfig, {"colour": 1})
 
 
 def test_checkpoint_round_trip(tmp_path):
     state = {"m": {"w": torch.arange(6.0).view(2, 3)}}
-    path = runtime.save_checkpoint(tmp_path / "sub" / "c.pt", {"x": 1, "t": [1, 2]}, state, kind="demo", note="hi")
+    path = checkpoint.save(tmp_path / "sub" / "c.pt", "demo", {"x": 1, "t": [1, 2]}, state, note="hi")
     assert path.is_file() and not path.with_name("c.pt.tmp").exists()
-    ckpt = runtime.load_checkpoint(path, kind="demo", expect_config={"x": 1, "t": (1, 2)})
+    ckpt = checkpoint.load(path, kind="demo", expect_config={"x": 1, "t": (1, 2)})
     assert torch.equal(ckpt["state"]["m"]["w"], state["m"]["w"]) and ckpt["note"] == "hi"
     with pytest.raises(CheckpointError, match="holds a 'demo' checkpoint, expected 'gan'"):
-        runtime.load_checkpoint(path, kind="gan")
+        checkpoint.load(path, kind="gan")
     with pytest.raises(CheckpointError, match="saved with x=1, but this model has x=2"):
-        runtime.load_checkpoint(path, expect_config={"x": 2, "t": [1, 2]})
+        checkpoint.load(path, expect_config={"x": 2, "t": [1, 2]})
 
 
 def test_load_checkpoint_rejects_foreign_files(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
     with pytest.raises(CheckpointError, match="not an mmtutor checkpoint"):
-        runtime.load_checkpoint(tmp_path / "plain.pt")
+        checkpoint.load(tmp_path / "plain.pt")
     (tmp_path / "text.pt").write_text("hello, I am not a checkpoint\n")
     with pytest.raises(CheckpointError, match="text.pt is not"):
-        runtime.load_checkpoint(tmp_path / "text.pt")
+        checkpoint.load(tmp_path / "text.pt")
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
-        runtime.load_checkpoint(tmp_path / "missing.pt")
-    with pytest.raises(FileNotFoundError):
-        runtime.load_checkpoint(tmp_path)                      # a folder is not a checkpoint
+        checkpoint.load(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="is a directory"):
+        checkpoint.load(tmp_path)                      # a folder is not a checkpoint
 
 
 # ------------------------------------------------------------------------ zoo: the model cache

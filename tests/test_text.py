@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import mmtutor as mm
-from mmtutor.text import SmallBert, WordTokenizer, build_text_encoder, check_captions, masked_mean
+from mmtutor.checks import captions as check_captions
+from mmtutor.text import SmallBert, WordTokenizer, build_text_encoder, masked_mean
 
 CAPTIONS = ["a red apple", "the cube on the table is blue and big"]
 

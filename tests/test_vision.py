@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from mmtutor.vision import ImageEncoder, check_images, n_halvings
+from mmtutor.checks import images as check_images
+from mmtutor.vision import ImageEncoder, n_halvings
 
 
 @pytest.mark.parametrize("size", [16, 32, 64])
@@ -30,7 +31,7 @@ def test_check_images_accepts_good_input():
     (torch.zeros(2, 3, 16, 16), ValueError, "expects 32x32 images, got 16x16"),
     (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), TypeError, "floating-point .* torch.uint8"),
     (torch.zeros(2, 3, 32, 32, dtype=torch.long), TypeError, "floating-point"),
-    (torch.zeros(3, 32, 32), ValueError, r"\(N, 3, H, W\), got \(3, 32, 32\).*unsqueeze\(0\)"),
+    (torch.zeros(3, 32, 32), ValueError, r"\(N, 3, H, W\), got shape \(3, 32, 32\).*unsqueeze\(0\)"),
     ([[0.0]], TypeError, "torch.Tensor .* got list"),
 ])
 def test_check_images_errors(x, error, message):

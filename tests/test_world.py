@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import mmtutor as mm
-from mmtutor.world import SYNONYMS, TEMPLATES
+from mmtutor.grammar import SYNONYMS, TEMPLATES
 
 OMISSIONS = [(), ("size",), ("color",), ("relation",), ("color", "size"), ("color", "relation", "size")]
 
@@ -222,7 +222,7 @@ def test_sample_omit_size(world):
 
 @pytest.mark.parametrize("n", [0, -3])
 def test_sample_rejects_non_positive_n(world, n):
-    with pytest.raises(ValueError, match=f"positive number of scenes, got {n}"):
+    with pytest.raises(ValueError, match=f"n must be a positive integer, got {n}"):
         world.sample(n)
 
 

@@ -1,0 +1,213 @@
+"""The world's caption grammar: attributes -> English captions, and captions -> attributes.
+
+A caption is written from a *template* ("there is {a} {size} {color} {object} {relation}")
+whose fields are filled with a synonym of each attribute value ("big" for large, "cube" for
+box, "beneath the table" for under the table). ``describe`` writes one; a ``Parser`` reads
+one back, greedily matching the longest known phrase, so ``parse(describe(a)) == a``.
+
+Two more sets of phrasings live here, both *outside* the training grammar:
+
+* ``FREE_TEMPLATES`` -- captions a reader might type ("you can see a small red apple lying on
+  the table", "please draw ..."), with words the grammar does not know. They are never used
+  in training; the book measures how a model trained on the grammar copes with them (only an
+  open-vocabulary text encoder such as the pretrained MiniLM can read them at all).
+* ``AUGMENT_TEMPLATES`` -- other extra phrasings, disjoint in structure and in their extra
+  words from the free ones, that a training pool may add (``PairPool(..., augment=...)``) to
+  teach a model that wording varies while the scene does not.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+# Words a caption may use for each attribute value (the first one is the canonical name).
+SYNONYMS = {
+    "object": {
+        "apple": ["apple"],
+        "box": ["box", "cube"],
+        "cone": ["cone"],
+        "bottle": ["bottle"],
+        "star": ["star"],
+        "donut": ["donut", "ring"],
+    },
+    "relation": {
+        "on the table": ["on the table", "on top of the table"],
+        "under the table": ["under the table", "beneath the table", "below the table"],
+        "left of the table": ["left of the table", "to the left of the table"],
+        "right of the table": ["right of the table", "to the right of the table"],
+    },
+    "size": {
+        "small": ["small", "little", "tiny"],
+        "large": ["large", "big"],
+    },
+    "color": {c: [c] for c in ("red", "orange", "yellow", "green", "blue", "purple", "pink", "white")},
+}
+
+# Caption templates. Fields in braces are filled with a synonym of the attribute value;
+# a template lists the attributes it cannot do without (``object`` is always required).
+# ``{a}`` is the article "a"/"an", chosen from the word that follows it.
+TEMPLATES = [
+    ("{a} {size} {color} {object} {relation}", ()),
+    ("there is {a} {size} {color} {object} {relation}", ()),
+    ("a photo of {a} {size} {color} {object} {relation}", ()),
+    ("you can see {a} {size} {color} {object} {relation}", ()),
+    ("{relation} there is {a} {size} {color} {object}", ("relation",)),
+    ("{relation} sits {a} {size} {color} {object}", ("relation",)),
+    ("the {object} {relation} is {color} and {size}", ("color", "size")),
+]
+
+# Words of the templates that carry no attribute.
+FILLER = {"a", "an", "the", "there", "is", "photo", "of", "you", "can", "see", "sits", "and"}
+
+# Extra phrasings a training pool may add (never used for evaluation). Their extra words
+# ("image", "showing", "placed", ...) do not occur in FREE_TEMPLATES.
+AUGMENT_TEMPLATES = [
+    ("an image of {a} {size} {color} {object} {relation}", ()),
+    ("a picture showing {a} {size} {color} {object} {relation}", ()),
+    ("{a} {size} {object} in {color} {relation}", ()),
+    ("we see {a} {size} {color} {object} placed {relation}", ()),
+    ("{relation} stands {a} {size} {color} {object}", ("relation",)),
+    ("here is {a} {size} {color} {object} , {relation}", ()),
+    ("{a} {color} {object} , {size} , {relation}", ()),
+    ("this scene has {a} {size} {color} {object} {relation}", ()),
+    ("{a} {size} {color} {object} standing {relation}", ()),
+    ("look at the {size} {color} {object} {relation}", ()),
+]
+
+# Phrasings a reader might type, never seen in training (the book's out-of-template test).
+# Every one names all four attributes, so a generated image can be scored on each.
+FREE_TEMPLATES = [
+    "you can see {a} {size} {color} {object} lying {relation}",
+    "i put {a} {size} {color} {object} {relation}",
+    "somebody placed {a} {size} {color} {object} {relation}",
+    "{a} {color} {object} of {size} size rests {relation}",
+    "{relation} you will find {a} {size} {color} {object}",
+    "draw {a} {size} {color} {object} {relation}",
+    "please show me {a} {size} {color} {object} {relation}",
+    "generate a picture with {a} {size} {color} {object} {relation}",
+    "{a} {size} {object} , painted {color} , {relation}",
+    "the {color} {object} is {size} and it is {relation}",
+    "{a} rather {size} {color} {object} sitting {relation}",
+    "just one {size} {color} {object} {relation} , nothing else",
+    "{a} {size} {color} {object} can be seen {relation}",
+    "there's {a} {size} {color} {object} {relation}",
+    "{a} cute {size} {color} {object} {relation}",
+    "my {size} {color} {object} is {relation}",
+    "{relation} : {a} {size} {color} {object}",
+    "{a} {size} {object} , colored {color} , {relation}",
+    "in this photo {a} {size} {color} {object} is {relation}",
+    "a drawing of {a} {size} {color} {object} {relation}",
+    "what a nice {size} {color} {object} {relation}",
+    "{a} {size} {color} {object} was set down {relation}",
+    "someone keeps {a} {size} {color} {object} {relation}",
+    "{a} {size} {color} {object} resting {relation}",
+    "imagine {a} {size} {color} {object} {relation}",
+    "only {a} {size} {color} {object} {relation}",
+    "a simple scene : {a} {size} {color} {object} {relation}",
+    "{a} {size} shiny {color} {object} {relation}",
+    "the picture shows {a} {size} {color} {object} {relation}",
+    "a {color} colored {object} , quite {size} , {relation}",
+]
+
+
+def describe(attrs: dict, seed: int | None = None, template: int | None = None,
+             templates: list | None = None) -> str:
+    """Write a caption for ``attrs`` (attribute -> canonical value; absent attributes are not
+    mentioned). ``seed`` picks the template and the synonyms; ``template`` forces one."""
+    templates = TEMPLATES if templates is None else templates
+    rng = random.Random(seed)
+    usable = [i for i, (_, needs) in enumerate(templates) if all(n in attrs for n in needs)]
+    if template is None:
+        template = rng.choice(usable)
+    elif template not in usable:
+        raise ValueError(f"template {template} needs {templates[template][1]}; usable templates "
+                         f"for these attributes: {usable}")
+    text = templates[template][0]
+    words = {k: rng.choice(SYNONYMS[k][attrs[k]]) if k in attrs else "" for k in SYNONYMS}
+    return _finish(text.format(a="{a}", **words))
+
+
+def free_caption(attrs: dict, seed: int | None = None, template: int | None = None) -> str:
+    """A caption phrased outside the training grammar (``FREE_TEMPLATES``) naming all four attributes."""
+    rng = random.Random(seed)
+    text = FREE_TEMPLATES[rng.randrange(len(FREE_TEMPLATES)) if template is None else template]
+    words = {k: rng.choice(SYNONYMS[k][attrs[k]]) for k in SYNONYMS}
+    return _finish(text.format(a="{a}", **words))
+
+
+def _finish(text: str) -> str:
+    """Collapse spaces and choose a/an from the word that follows."""
+    parts = " ".join(text.split()).split(" ")
+    for i, w in enumerate(parts):
+        if w == "{a}":
+            parts[i] = "an" if parts[i + 1][0] in "aeiou" else "a"
+    return " ".join(parts)
+
+
+def template_words(templates) -> set[str]:
+    """The non-field words of some templates."""
+    out = set()
+    for t in templates:
+        text = t[0] if isinstance(t, tuple) else t
+        out |= set(re.findall(r"[a-z']+|[,:]", re.sub(r"\{[a-z]+\}", " ", text)))
+    return out
+
+
+class Parser:
+    """Caption -> attributes it names, by greedy longest-phrase matching.
+
+    >>> Parser(attributes).parse("there is a big red cube under the table")
+    {'color': 'red', 'object': 'box', 'relation': 'under the table', 'size': 'large'}
+    """
+
+    def __init__(self, attributes: dict[str, list[str]], extra_words: set[str] = frozenset()):
+        self.attributes = attributes
+        # phrase -> (attribute, canonical value), longest phrases first for greedy parsing
+        self.phrases = sorted(
+            ((tuple(word.split()), (attr, value))
+             for attr, table in SYNONYMS.items() for value, words in table.items() for word in words),
+            key=lambda p: -len(p[0]))
+        self.vocabulary = sorted(FILLER | set(extra_words) | {w for p, _ in self.phrases for w in p})
+        self._known = set(self.vocabulary) | {",", "."}
+
+    def tokens(self, caption: str) -> list[str]:
+        return re.findall(r"[a-z]+|[^\sa-z]", caption.lower())
+
+    def parse(self, caption: str, strict: bool = True) -> dict:
+        """Attributes a caption names, canonical values, in schema order. Raises ValueError on an
+        empty caption, words outside the vocabulary (unless ``strict=False``, which skips them --
+        for open-vocabulary encoders), two values of one attribute, or no object."""
+        if not isinstance(caption, str):
+            hint = "; to draw attributes, pass them to render() as a dict" if isinstance(caption, dict) else ""
+            raise TypeError(f"a caption must be a string, got {type(caption).__name__}{hint}")
+        if not caption.strip():
+            raise ValueError("empty caption; describe a scene, e.g. 'a red apple on the table'")
+        tokens = self.tokens(caption)
+        unknown = [t for t in tokens if t not in self._known]
+        if unknown and strict:
+            raise ValueError(f"caption {caption!r} has words outside the world's vocabulary: "
+                             f"{', '.join(map(repr, dict.fromkeys(unknown)))}; allowed words are: "
+                             f"{', '.join(self.vocabulary)}")
+        tokens = [t for t in tokens if t not in {",", "."}]
+        found: dict[str, str] = {}
+        i = 0
+        while i < len(tokens):
+            for phrase, (attr, value) in self.phrases:
+                if tuple(tokens[i:i + len(phrase)]) == phrase:
+                    if attr in found and found[attr] != value:
+                        raise ValueError(f"caption {caption!r} names two {attr}s: "
+                                         f"{found[attr]!r} and {value!r}; name at most one")
+                    found[attr] = value
+                    i += len(phrase)
+                    break
+            else:
+                i += 1
+        if "object" not in found:
+            raise ValueError(f"caption {caption!r} names no object; name one of: "
+                             f"{', '.join(self.attributes['object'])}")
+        return {k: found[k] for k in self.attributes if k in found}
+
+
+__all__ = ["SYNONYMS", "TEMPLATES", "FILLER", "AUGMENT_TEMPLATES", "FREE_TEMPLATES", "describe", "free_caption",
+           "template_words", "Parser"]

@@ -1,0 +1,173 @@
+"""Every loss of the book, as a small pure function with its formula.
+
+Each takes tensors and returns a scalar to *minimise*; none touches a model, so each can be
+checked against a hand computation (tests/test_losses.py does, for every one).
+
+GAN (Goodfellow et al. 2014; the article's section 4). The discriminator outputs a *logit*
+a, D = sigmoid(a), and the logarithms become softplus terms:
+-log sigmoid(a) = softplus(-a), -log(1 - sigmoid(a)) = softplus(a).
+
+* ``discriminator_loss`` -- the article's L_D (``kind="bce"``) or the hinge loss (Lim & Ye
+  2017), with GAN-INT-CLS's mismatched pairs (Reed et al. 2016);
+* ``generator_loss``     -- the article's saturating L_G, the non-saturating fix, or hinge;
+* ``diversity_loss``     -- the mode-seeking term (MSGAN, Mao et al. 2019; DSGAN, Yang et al. 2019).
+
+Contrastive alignment (CLIP, Radford et al. 2021; InfoNCE, van den Oord et al. 2018):
+``clip_loss``.
+
+VAE (Kingma & Welling 2014): ``gaussian_kl`` and ``elbo_loss``.
+
+Diffusion (Ho et al. 2020; Salimans & Ho 2022 for v; Hang et al. 2023 for min-SNR):
+``diffusion_loss`` and ``min_snr_weight``.
+
+Captioning (Vinyals et al. 2015): ``caption_loss``, next-token cross-entropy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import checks
+
+
+# ======================================================================================
+# GAN
+def discriminator_loss(real: torch.Tensor, fake: torch.Tensor, mismatch: torch.Tensor | None = None,
+                       kind: str = "bce", mismatch_weight: float = 0.5) -> torch.Tensor:
+    """The discriminator's loss, to be *minimised*.
+
+    kind="bce" is the article's L_D = -E[log D(x, t)] - E[log(1 - D(G(z, t), t))].
+    kind="hinge" is E[max(0, 1 - real)] + E[max(0, 1 + fake)].
+    With ``mismatch`` logits (real images, wrong captions) the "fake" part becomes
+    (1 - w) * fake term + w * mismatch term, w = mismatch_weight (GAN-INT-CLS: w = 1/2).
+    """
+    checks.choice(kind, "discriminator loss", ("bce", "hinge"))
+    if kind == "bce":
+        real_term, fake_term = F.softplus(-real).mean(), F.softplus(fake).mean()
+        mis_term = F.softplus(mismatch).mean() if mismatch is not None and mismatch.numel() else None
+    else:
+        real_term, fake_term = F.relu(1 - real).mean(), F.relu(1 + fake).mean()
+        mis_term = F.relu(1 + mismatch).mean() if mismatch is not None and mismatch.numel() else None
+    if mis_term is None:
+        return real_term + fake_term
+    return real_term + (1 - mismatch_weight) * fake_term + mismatch_weight * mis_term
+
+
+def generator_loss(fake: torch.Tensor, kind: str = "nonsaturating") -> torch.Tensor:
+    """The generator's loss, to be *minimised*.
+
+    "saturating":    the article's L_G = E[log(1 - D(G(z, t), t))]. Its gradient vanishes
+                     when D confidently rejects the fakes -- i.e. early in training.
+    "nonsaturating": -E[log D(G(z, t), t)], Goodfellow et al.'s fix: same fixed point,
+                     strong gradients when G is bad.
+    "hinge":         -E[D logit].
+    """
+    checks.choice(kind, "generator loss", ("saturating", "nonsaturating", "hinge"))
+    if kind == "saturating":
+        return -F.softplus(fake).mean()          # log(1 - sigmoid(a)) = -softplus(a)
+    if kind == "nonsaturating":
+        return F.softplus(-fake).mean()          # -log(sigmoid(a)) = softplus(-a)
+    return -fake.mean()
+
+
+def diversity_loss(a: torch.Tensor, b: torch.Tensor, za: torch.Tensor, zb: torch.Tensor,
+                   target: float) -> torch.Tensor:
+    """Mode-seeking regulariser, one term per pair (MSGAN, Mao et al. 2019; clamped as in DSGAN).
+
+    a[i] = G(za[i], t_i) and b[i] = G(zb[i], t_i) are two images for the same caption made
+    from different noise. ratio_i = mean|a_i - b_i| / mean|za_i - zb_i| is how far the image
+    moves per unit of noise; a generator that ignores z has ratio 0 (mode collapse). The loss
+    mean_i max(0, target - ratio_i) / target pushes each pair's ratio up to ``target`` -- the
+    same ratio measured on pairs of real images of one caption -- and no further, so diversity
+    is not bought with garbage. (A mean over pairs, so a batch split across processes gives
+    the same loss as the whole batch.)"""
+    if len(a) == 0:
+        raise ValueError("diversity_loss needs at least one pair of images")
+    image_dist = (a - b).abs().flatten(1).mean(1)                  # (P,)
+    noise_dist = (za - zb).abs().flatten(1).mean(1)                # (P,)
+    return (F.relu(target - image_dist / noise_dist) / target).mean()
+
+
+# ======================================================================================
+# contrastive alignment
+def clip_loss(logits: torch.Tensor, positives: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric contrastive (InfoNCE) loss.
+
+    logits: (N, N), logits[i, j] = s * <text_i, image_j>, s = exp(logit_scale) the inverse
+    temperature. positives: optional (N, N) bool, positives[i, j] = caption i describes
+    image j; the diagonal must be True. None means only the diagonal (plain CLIP: labels =
+    arange(N)). With positives, the target of row i spreads evenly over its positives.
+    Returns the mean of the text->image and image->text cross-entropies.
+    """
+    n = logits.shape[0]
+    if logits.ndim != 2 or logits.shape[1] != n:
+        raise ValueError(f"logits must be square (N, N), got {tuple(logits.shape)}")
+    if positives is None:
+        labels = torch.arange(n, device=logits.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    if positives.shape != logits.shape or not positives.diagonal().all():
+        raise ValueError("positives must be an (N, N) bool matrix with a True diagonal")
+    p = positives.to(logits.dtype)
+    t2i = -(p / p.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
+    i2t = -(p / p.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
+    return (t2i + i2t) / 2
+
+
+# ======================================================================================
+# VAE
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL( N(mu, diag(exp(logvar))) || N(0, I) ) per sample, summed over latent dimensions:
+
+        KL = 1/2 * sum_j ( mu_j^2 + sigma_j^2 - log sigma_j^2 - 1 ).
+
+    (B, ...) -> (B,)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).flatten(1).sum(1)
+
+
+def elbo_loss(x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+              beta: float = 1.0, sigma: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Negative ELBO per image, averaged over the batch, and its two parts:
+
+        -ELBO = E_q[-log p(x | z, t)] + beta * KL(q(z | x, t) || p(z))
+
+    with a Gaussian decoder p(x | z, t) = N(x_hat, sigma^2 I): -log p = ||x - x_hat||^2 /
+    (2 sigma^2) + const (the constant is dropped). beta = 1 is the ELBO proper; beta != 1 the
+    beta-VAE (Higgins et al. 2017). Returns (loss, reconstruction term, KL term), all (,)."""
+    recon = (x - x_hat).pow(2).flatten(1).sum(1) / (2 * sigma ** 2)      # (B,)
+    kl = gaussian_kl(mu, logvar)                                         # (B,)
+    return (recon + beta * kl).mean(), recon.mean(), kl.mean()
+
+
+# ======================================================================================
+# diffusion
+def min_snr_weight(snr: torch.Tensor, gamma: float | None, prediction: str = "eps") -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023), for a loss written in the prediction's own
+    units: weight = min(SNR, gamma) / SNR for epsilon-prediction and min(SNR, gamma) / (SNR + 1)
+    for v-prediction. Both equal min(SNR, gamma) in x0 units. ``gamma=None``: all ones."""
+    if gamma is None:
+        return torch.ones_like(snr)
+    clipped = snr.clamp(max=gamma)
+    return clipped / snr.clamp(min=1e-8) if prediction == "eps" else clipped / (snr + 1)
+
+
+def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted mean squared error between the network's prediction (epsilon or v) and its
+    target, per image then averaged: mean_b w_b * mean ||pred_b - target_b||^2 (Ho et al.'s
+    L_simple when w = 1)."""
+    per_image = (prediction - target).pow(2).flatten(1).mean(1)        # (B,)
+    if weight is not None:
+        per_image = per_image * weight
+    return per_image.mean()
+
+
+# ======================================================================================
+# captioning
+def caption_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """Next-token cross-entropy under teacher forcing: logits (B, L, V) predict targets (B, L);
+    padding positions (targets == pad_id) do not count."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad_id)
+
+
+__all__ = ["discriminator_loss", "generator_loss", "diversity_loss", "clip_loss", "gaussian_kl", "elbo_loss",
+           "min_snr_weight", "diffusion_loss", "caption_loss"]
