@@ -1,35 +1,39 @@
-"""Shared helpers for the benchmark scripts: machine description and JSON output."""
+"""Shared helpers for the benchmark scripts: the machine description and JSON output.
+
+Every JSON file starts with the machine it was measured on (CPU model, AMX yes/no, cores,
+threads, device, precision, torch), the git commit, the date, and the script that wrote it.
+"""
 import json
-import os
-import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
-
-import torch
 
 import mmtutor as mm
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
+def commit() -> str:
     try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    dev = mm.runtime.device()
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else dev.type,
-            "bf16_autocast": mm.runtime.bf16_supported(dev), "torch": torch.__version__,
-            "python": platform.python_version(), "mmtutor": mm.__version__,
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "mmtutor"], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def machine(bf16: bool = True) -> dict:
+    return {**mm.runtime.machine(bf16=bf16), "mmtutor": mm.__version__, "commit": commit(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def write(name: str, data: dict) -> Path:
+def write(name: str, data: dict, bf16: bool = True) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **data}, indent=2) + "\n")
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "?"
+    path.write_text(json.dumps({"machine": machine(bf16), "script": f"bench/{script}", **data}, indent=2,
+                               default=lambda o: list(o) if isinstance(o, tuple) else str(o)) + "\n")
     print(f"wrote {path}")
     return path

@@ -56,6 +56,9 @@ class Profile:
     align_batch: int = 128
     judge_steps: int = 400        # updates of the CNN judge
     judge2_steps: int = 400       # updates of the second (residual, augmented) judge
+    vae_steps: int = 1000         # conditional VAE updates
+    diffusion_steps: int = 1000   # diffusion model updates
+    caption_steps: int = 600      # captioner updates
     g_channels: int = 32          # generator width at full resolution
     d_channels: int = 32          # discriminator width after its first layer
     eval_per_caption: int = 8     # generated images per caption when measuring consistency
@@ -65,7 +68,8 @@ class Profile:
 PROFILES = {
     # unit tests only: seconds, results barely better than chance
     "smoke": Profile("smoke", pool_size=512, batch_size=16, gan_steps=30, align_steps=30, align_batch=32,
-                     judge_steps=40, judge2_steps=40, g_channels=16, d_channels=16, eval_per_caption=2),
+                     judge_steps=40, judge2_steps=40, vae_steps=30, diffusion_steps=30, caption_steps=30,
+                     g_channels=16, d_channels=16, eval_per_caption=2),
     # a reader's laptop and CI
     "cpu": Profile("cpu"),
     # a GPU: 64x64 images, wider models, bigger batches. These small networks leave a GPU

@@ -193,3 +193,16 @@ def gan(world: World, prof: runtime.Profile, config: GANConfig | None = None, se
 
 __all__ = ["SNAPSHOT_CAPTIONS", "SNAPSHOTS", "cache_dir", "judge", "judges", "aligner", "gan", "gan_config", "pool",
            "CACHE_ENV", "dependencies", "source_fingerprint", "cache_key"]
+
+
+# ======================================================================================
+# VAE and diffusion (the families chapter). Functions follow the pattern of ``gan`` above:
+# key with _path(kind, module, payload), load if cached, else train, save, return (model, info).
+
+# (end of the VAE and diffusion section)
+
+
+# ======================================================================================
+# The captioner (image -> text).
+
+# (end of the captioner section)
