@@ -127,7 +127,7 @@ def cmd_train(args) -> int:
     pool = PairPool(world, "train", n_images=prof.pool_size, seed=args.seed, augment=prof.caption_augment)
     train = TrainConfig(steps=args.steps or prof.gan_steps, batch_size=prof.batch_size, seed=args.seed,
                         bf16=prof.bf16, max_seconds=args.max_seconds, checkpoint=str(out),
-                        progress=not args.quiet)
+                        progress=not args.quiet and ctx.main, log_every=args.log_every)
     t0 = time.perf_counter()
     hist = gan.fit(pool, train)
     if ctx.main:
@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_int_at_least(1, 10**7), default=None,
                    help="generator updates (default: the profile's)")
     p.add_argument("--max-seconds", type=_positive_float, default=None, help="stop after this much wall time")
+    p.add_argument("--log-every", type=_int_at_least(1), default=25, help="history entries every N steps (default 25)")
     _common(p)
     p.set_defaults(func=cmd_train)
 

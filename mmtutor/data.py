@@ -61,6 +61,22 @@ class PairPool:
         combo_id = {c: i for i, c in enumerate(combos)}
         self.image_combo = torch.tensor([combo_id[tuple(a)] for a in attrs.tolist()])
         self.combo_captions = torch.arange(len(captions)).view(len(combos), captions_per_combo)  # caption ids
+        # images sorted by combination (for drawing a second image that a caption describes)
+        self._by_combo = torch.argsort(self.image_combo, stable=True)
+        counts = torch.bincount(self.image_combo, minlength=len(combos))
+        self._combo_count, self._combo_start = counts, torch.cumsum(counts, 0) - counts
+        # every caption's combinations: its own, and -- when it leaves the size out -- the other size's
+        # (if that one is in the split and the pool has images of it); (M, 2), repeated when there is one
+        size = list(world.attributes).index("size")
+        own = torch.arange(len(combos)).repeat_interleave(captions_per_combo)
+        other = own.clone()
+        for m in (self.caption_attrs[:, size] < 0).nonzero().flatten().tolist():
+            c = list(combos[int(own[m])])
+            c[size] = 1 - c[size]
+            j = combo_id.get(tuple(c))
+            if j is not None and counts[j] > 0:
+                other[m] = j
+        self._caption_combos = torch.stack([own, other], 1)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -74,15 +90,29 @@ class PairPool:
         return {k: torch.bincount(self.attrs[:, j], minlength=len(v)).div(len(self)).tolist()
                 for j, (k, v) in enumerate(self.world.attributes.items())}
 
-    def pair_distance(self, n_pairs: int = 2048, seed: int = 0) -> float:
-        """Mean absolute pixel difference (in [-1, 1] units) between two images of the same
-        attribute combination: how much real scenes of one caption vary."""
+    def pair_distance(self, n_pairs: int = 2048, seed: int = 0, free: tuple[str, ...] = ()) -> float:
+        """Mean absolute pixel difference (in [-1, 1] units) between two real images that one
+        caption describes: images of the same attribute combination, or -- with ``free``, e.g.
+        ("size",) -- images that agree on every attribute except those (what a caption that
+        leaves the size out allows). How much real scenes of one caption vary."""
         gen = torch.Generator().manual_seed(seed)
-        order = torch.argsort(self.image_combo)                       # images grouped by combination
-        combo = self.image_combo[order]
-        same = (combo[1:] == combo[:-1]).nonzero().squeeze(1)          # neighbours with one combination
-        pick = same[torch.randint(len(same), (min(n_pairs, len(same)),), generator=gen)]
-        a, b = self.images[order[pick]].float(), self.images[order[pick + 1]].float()
+        keep = [j for j, k in enumerate(self.world.attributes) if k not in free]
+        key = torch.zeros(len(self), dtype=torch.long)
+        for j in keep:                                                # one id per combination of the kept attributes
+            key = key * 16 + self.attrs[:, j]
+        a_idx, b_idx = [], []
+        for _ in range(4):                                            # random partners with the same key
+            perm = torch.randperm(len(self), generator=gen)
+            order = perm[torch.argsort(key[perm], stable=True)]
+            k = key[order]
+            same = (k[1:] == k[:-1]).nonzero().squeeze(1)
+            a_idx.append(order[same])
+            b_idx.append(order[same + 1])
+        a_idx, b_idx = torch.cat(a_idx), torch.cat(b_idx)
+        if not len(a_idx):
+            raise ValueError("the pool has no two images that one caption describes; render more images")
+        pick = torch.randint(len(a_idx), (min(n_pairs, len(a_idx)),), generator=gen)
+        a, b = self.images[a_idx[pick]].float(), self.images[b_idx[pick]].float()
         return float((a - b).abs().mean() / 127.5)
 
     def batch(self, batch_size: int, generator: torch.Generator | None = None):
@@ -90,6 +120,24 @@ class PairPool:
         idx = torch.randint(len(self), (batch_size,), generator=generator)
         which = torch.randint(self.combo_captions.shape[1], (batch_size,), generator=generator)
         cap = self.combo_captions[self.image_combo[idx], which]
+        return to_float(self.images[idx]), cap, self.attrs[idx]
+
+    def paired_batch(self, batch_size: int, generator: torch.Generator | None = None):
+        """A batch of *pairs*: positions 2k and 2k+1 are two images that one caption describes
+        (the same combination, or either size when the caption leaves the size out), with that
+        caption. Returns images (B, 3, H, W) in [-1, 1], caption ids (B,), attrs (B, 4)."""
+        if batch_size % 2:
+            raise ValueError(f"a paired batch needs an even batch size, got {batch_size}")
+        half = batch_size // 2
+        anchor = torch.randint(len(self), (half,), generator=generator)
+        which = torch.randint(self.combo_captions.shape[1], (half,), generator=generator)
+        cap = self.combo_captions[self.image_combo[anchor], which]
+        combo = self._caption_combos[cap, torch.randint(2, (half,), generator=generator)]
+        count = self._combo_count[combo]
+        pick = (torch.rand(half, generator=generator) * count).long().clamp(max=count - 1)
+        partner = self._by_combo[self._combo_start[combo] + pick]
+        idx = torch.stack([anchor, partner], 1).flatten()                   # a0, p0, a1, p1, ...
+        cap = cap.repeat_interleave(2)
         return to_float(self.images[idx]), cap, self.attrs[idx]
 
     def mismatched(self, attrs: torch.Tensor, generator: torch.Generator | None = None,

@@ -11,10 +11,14 @@ batch and together exactly the batch a single process would see. DDP averages th
 so every rank takes the same optimiser step; rank 0 writes checkpoints (and the EMA it keeps
 is identical on every rank). Nothing here is home-made but the sharding.
 
-One thing differs from a single process by design: batch norm in the generator normalises
-with each rank's own share of the batch (CPU backends have no SyncBatchNorm), so results agree
-with a single-process run of the same global batch only within a tolerance (tests/
-test_distributed.py measures it).
+Batch norm must see the whole global batch too, or each rank would normalise with its own
+share's statistics and drift away from a single-process run: ``wrap`` converts batch-norm
+layers to ``torch.nn.SyncBatchNorm`` on GPUs and, on CPUs (where PyTorch's SyncBatchNorm does
+not run), to ``CPUSyncBatchNorm``, which all-reduces the batch sums with
+``torch.distributed.nn.functional.all_reduce`` (differentiable, so gradients flow through the
+shared statistics exactly as in one process). With that, 2 processes reproduce a
+single-process run of the same global batch up to floating-point summation order
+(tests/test_distributed.py states the tolerance).
 """
 
 from __future__ import annotations
@@ -87,12 +91,57 @@ def shard(x, ctx: Context):
     return x[ctx.rank * n:(ctx.rank + 1) * n]
 
 
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm over the *global* batch of all processes, for CPUs (gloo): the per-channel sum
+    and sum of squares of every rank's share are all-reduced before normalising."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+        dims = [0] + list(range(2, x.ndim))                              # every axis but the channels
+        shape = [1, -1] + [1] * (x.ndim - 2)
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))   # (2C + 1,)
+        c = x.shape[1]
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = stats[c:2 * c] / n - mean * mean                           # biased, as batch norm uses
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_((var * n / (n - 1)).detach(), m)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+    @classmethod
+    def convert(cls, module: nn.Module) -> nn.Module:
+        """Replace every batch-norm layer of ``module`` (in place) by this class, same weights."""
+        for name, child in module.named_children():
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, cls):
+                new = cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+                new.load_state_dict(child.state_dict())
+                setattr(module, name, new.to(next(child.buffers()).device))
+            else:
+                cls.convert(child)
+        return module
+
+
 def wrap(module: nn.Module, ctx: Context) -> nn.Module:
-    """DistributedDataParallel around ``module`` when running on several processes."""
+    """DistributedDataParallel around ``module`` when running on several processes, with batch
+    norm synchronised across them (``module``'s own layers are converted in place)."""
     if not ctx.active:
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
     dev = next(module.parameters()).device
+    if dev.type == "cuda":
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    else:
+        CPUSyncBatchNorm.convert(module)
     return DDP(module, device_ids=[dev] if dev.type == "cuda" else None)
 
 
@@ -107,4 +156,4 @@ def shutdown() -> None:
 
 
 __all__ = ["Context", "init", "current", "launched", "device_for", "local_batch", "shard", "wrap", "barrier",
-           "shutdown"]
+           "shutdown", "CPUSyncBatchNorm"]

@@ -72,6 +72,10 @@ class GANConfig:
     interp_fraction: float = 0.25  # share of G's batch conditioned on interpolated captions (GAN-INT)
     standardize_text: bool = True  # z-score each text feature over the training captions (fit once, stored)
     diversity_weight: float = 1.0  # mode-seeking term: one caption, two z, images must differ; 0 = off
+    diversity_target: str = "caption"  # spread to reach: "caption" (as much as real images of *that caption*
+                                       # differ: more when it leaves the size out) or "combination" (one target)
+    pair_weight: float = 0.0       # pair critic (PacGAN-style): D also judges *pairs* of images made for one
+                                   # caption against pairs of real images it describes; 0 = off
 
     def __post_init__(self):
         checks.choice(self.text_encoder, "text_encoder", ("minilm", "clip", "bert"))
@@ -94,6 +98,8 @@ class GANConfig:
         checks.fraction(self.mismatch_weight, "mismatch_weight")
         checks.fraction(self.interp_fraction, "interp_fraction", open_high=True)
         checks.number(self.diversity_weight, "diversity_weight", low=0.0)
+        checks.choice(self.diversity_target, "diversity_target", ("caption", "combination"))
+        checks.number(self.pair_weight, "pair_weight", low=0.0)
         GeneratorBatch.check(self)
 
     @classmethod
@@ -221,64 +227,74 @@ class Discriminator(nn.Module):
         self.trunk = nn.Sequential(*layers)                                  # (B, 3, S, S) -> (B, c, 4, 4)
         self.head = (ProjectionHead(c, text_dim, cfg.d_feat, sn) if cfg.d_condition == "projection"
                      else ConcatHead(c, text_dim, cfg.d_feat // 2, sn, cfg.norm == "batch"))
+        self.pair_head = ProjectionHead(c, text_dim, cfg.d_feat, sn) if cfg.pair_weight > 0 else None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, mismatched: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, t: torch.Tensor, mismatched: torch.Tensor | None = None,
+                pairs: bool = False):
+        """Logits (B,); with ``mismatched`` also the first M images against those captions (M,);
+        with ``pairs`` also the pair critic's logits for the adjacent pairs (2k, 2k+1), which
+        must share a caption: it reads |phi(x_2k) - phi(x_2k+1)|, how the two images differ."""
         h = self.trunk(x)                                                    # (B, c, 4, 4)
-        logits = self.head(h, t)                                             # (B,)
-        if mismatched is None:
-            return logits
-        return logits, self.head(h[:len(mismatched)], mismatched)           # (B,), (M,)
+        out = [self.head(h, t)]                                              # (B,)
+        if mismatched is not None:
+            out.append(self.head(h[:len(mismatched)], mismatched))          # (M,)
+        if pairs:
+            if self.pair_head is None:
+                raise ValueError("this discriminator has no pair critic (pair_weight=0)")
+            diff = (h[0::2] - h[1::2]).abs()                                 # (B/2, c, 4, 4)
+            out.append(self.pair_head(diff, t[0::2]))                        # (B/2,)
+        return out[0] if len(out) == 1 else tuple(out)
 
 
 # ======================================================================================
 class GeneratorBatch:
     """Who is who in the generator's batch. Positions repeat in blocks of 8:
 
-        [ I I | P P' | P P' | P P' ]      (interp_fraction 1/4, diversity on)
+        [ I I' | P P' | P P' | P P' ]      (interp_fraction 1/4, pairs on)
 
-    I: conditioned on an interpolation of two captions (GAN-INT); P, P': the same caption with
-    two noise vectors (for the mode-seeking term). With ``interp_fraction`` f the first
-    round(8 f) positions of a block are I; the rest are pairs (an odd one left over is a
-    plain sample), or all plain when the diversity term is off. Because the pattern repeats
-    every 8 positions, any contiguous share of a batch that is a multiple of 8 -- one
-    process's share under DistributedDataParallel -- has the same layout as the whole.
+    I: conditioned on an interpolation of two captions (GAN-INT); P: on a caption of the batch.
+    A primed position repeats the condition of the position before it with another noise
+    vector, so every adjacent pair (2k, 2k+1) shares one condition: the mode-seeking term
+    compares P with P' (``first``, ``second``), and the pair critic sees every pair. With
+    ``interp_fraction`` f, the first round(8 f) positions of a block (rounded to an even number
+    when pairs are on) are interpolated. Without pairs every position is its own. Because the
+    pattern repeats every 8 positions, any contiguous share of a batch that is a multiple of 8
+    -- one process's share under DistributedDataParallel -- has the same layout as the whole.
     """
 
     BLOCK = 8
 
     def __init__(self, batch_size: int, interp_fraction: float, pairs: bool):
-        roles = [self.role(i % self.BLOCK, interp_fraction, pairs) for i in range(batch_size)]
+        if pairs and batch_size % 2:
+            raise ValueError(f"the generator's batch is made of pairs, so its size must be even, got {batch_size}")
         idx = torch.arange(batch_size)
-        self.batch_size = batch_size
-        self.interp = idx[[r == "I" for r in roles]]
-        self.first = idx[[r == "P" for r in roles]]
+        pos = idx % self.BLOCK
+        is_interp = pos < self.n_interp(interp_fraction, pairs)
+        self.batch_size, self.pairs = batch_size, pairs
+        self.interp = idx[is_interp]
+        self.caption_source = idx.clone()               # position i reads the condition of position source[i]
+        if pairs:
+            self.caption_source[1::2] = idx[0::2]
+            self.first = idx[(pos % 2 == 0) & ~is_interp]
+        else:
+            self.first = idx[:0]
         self.second = self.first + 1
-        # the second of each pair repeats the first's caption
-        self.caption_source = idx.clone()
-        self.caption_source[self.second] = self.first
 
     @classmethod
-    def role(cls, pos: int, interp_fraction: float, pairs: bool) -> str:
+    def n_interp(cls, interp_fraction: float, pairs: bool) -> int:
         k = int(round(cls.BLOCK * interp_fraction))
-        if pos < k:
-            return "I"
-        if not pairs:
-            return "-"
-        j = pos - k
-        if j % 2 == 0 and pos + 1 < cls.BLOCK:
-            return "P"
-        return "P'" if j % 2 == 1 else "-"
+        return 2 * int(round(k / 2)) if pairs else k
 
     @classmethod
     def check(cls, cfg: GANConfig) -> None:
-        roles = [cls.role(i, cfg.interp_fraction, cfg.diversity_weight > 0) for i in range(cls.BLOCK)]
-        if cfg.diversity_weight > 0 and "P" not in roles:
+        pairs = cfg.diversity_weight > 0 or cfg.pair_weight > 0
+        if cfg.diversity_weight > 0 and cls.n_interp(cfg.interp_fraction, pairs) >= cls.BLOCK:
             raise ValueError(f"interp_fraction={cfg.interp_fraction} leaves no room for the diversity term's pairs in "
-                             f"a block of {cls.BLOCK}; lower it below {1 - 2 / cls.BLOCK} or set diversity_weight=0")
+                             f"a block of {cls.BLOCK}; lower it below {1 - 1 / cls.BLOCK} or set diversity_weight=0")
 
     def __repr__(self) -> str:
-        return (f"GeneratorBatch({self.batch_size}: {len(self.interp)} interpolated, {len(self.first)} pairs, "
-                f"{self.batch_size - len(self.interp) - 2 * len(self.first)} plain)")
+        return (f"GeneratorBatch({self.batch_size}: {len(self.interp)} interpolated, {len(self.first)} caption "
+                f"pairs{' (all positions paired)' if self.pairs else ''})")
 
 
 # ======================================================================================
@@ -345,13 +361,12 @@ class ConditionalGAN(TextToImage):
         cfg, dev = self.config, self.device
         ctx = distributed.current()
         local = distributed.local_batch(train.batch_size, ctx, GeneratorBatch.BLOCK if ctx.active else 1)
-        layout = GeneratorBatch(local, cfg.interp_fraction, cfg.diversity_weight > 0)
+        layout = GeneratorBatch(local, cfg.interp_fraction, cfg.diversity_weight > 0 or cfg.pair_weight > 0)
         gen = torch.Generator().manual_seed(train.seed)
         torch.manual_seed(train.seed)
         self.text.fit(pool.captions)
         bank = self.condition(pool.captions)                                 # caption features, once
-        # how far apart two real images of one caption are, per unit of noise distance E|z1 - z2| = 2/sqrt(pi)
-        div_target = pool.pair_distance() / (2 / math.sqrt(math.pi)) if cfg.diversity_weight > 0 else 0.0
+        div_target = self._diversity_targets(pool).to(dev) if cfg.diversity_weight > 0 else None
         opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
         opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
         G, D = distributed.wrap(self.G, ctx), distributed.wrap(self.D, ctx)
@@ -380,7 +395,8 @@ class ConditionalGAN(TextToImage):
         shots, shot_steps = [], []
         for step in loop:
             # ---- one global batch, drawn identically on every process; each keeps its share
-            real, cap, attrs = pool.batch(train.batch_size, gen)
+            # (with the pair critic: real images in pairs that one caption describes)
+            real, cap, attrs = (pool.paired_batch if cfg.pair_weight > 0 else pool.batch)(train.batch_size, gen)
             wrong = pool.mismatched(attrs, gen)                              # captions that do not fit
             z_d = torch.randn(train.batch_size, cfg.z_dim, generator=gen)
             z_g = torch.randn(train.batch_size, cfg.z_dim, generator=gen)
@@ -389,11 +405,13 @@ class ConditionalGAN(TextToImage):
             real = real.to(dev, memory_format=torch.channels_last)
             text, text_wrong = bank[cap.to(bank.pooled.device)], bank[wrong.to(bank.pooled.device)]
             d_loss, p = self._discriminator_step(G, D, opt_d, real, text, text_wrong, z_d.to(dev), train.bf16)
-            g_text = text[layout.caption_source.to(dev)]
+            src = layout.caption_source
+            g_text = text[src.to(dev)]                                      # pairs share a condition
             if len(layout.interp):
-                mix = bank[partner[layout.interp].to(bank.pooled.device)]
+                mix = bank[partner[src][layout.interp].to(bank.pooled.device)]
                 g_text = _replace(g_text, layout.interp.to(dev), g_text[layout.interp.to(dev)].mix(mix, 0.5))
-            g_loss = self._generator_step(G, D, opt_g, z_g.to(dev), g_text, layout, div_target, train.bf16)
+            targets = div_target[cap.to(dev)[layout.first.to(dev)]] if div_target is not None else None
+            g_loss = self._generator_step(G, D, opt_g, z_g.to(dev), g_text, layout, targets, train.bf16)
             loop.check(d_loss=d_loss, g_loss=g_loss)
             if self.ema is not None:
                 self.ema.update(self.G)
@@ -412,6 +430,16 @@ class ConditionalGAN(TextToImage):
             hist["snapshots"], hist["snapshot_steps"] = shots, shot_steps
         return hist
 
+    def _diversity_targets(self, pool: PairPool) -> torch.Tensor:
+        """For every caption of the bank: how far apart two real images that it describes are,
+        per unit of noise distance (E|z1 - z2| = 2/sqrt(pi) for standard normal noise)."""
+        names = list(pool.world.attributes)
+        free = [tuple(names[j] for j in (row < 0).nonzero().flatten().tolist()) for row in pool.caption_attrs]
+        if self.config.diversity_target == "combination":
+            free = [()] * len(free)
+        per_kind = {k: pool.pair_distance(free=k) / (2 / math.sqrt(math.pi)) for k in set(free)}
+        return torch.tensor([per_kind[k] for k in free])
+
     def _discriminator_step(self, G, D, opt_d, real, text, text_wrong, z, bf16):
         """Maximise log D(x, t) + log(1 - D(G(z, t), t)) (+ mismatched pairs): one forward of D
         over [real; fake] images, scoring real images against their wrong captions too."""
@@ -419,12 +447,15 @@ class ConditionalGAN(TextToImage):
         with runtime.autocast(dev, bf16):
             with torch.no_grad():
                 fake = self.G(z, text)
-            logits, d_mis = D(torch.cat([real, fake.to(memory_format=torch.channels_last)]),
-                              torch.cat([text.pooled, text.pooled]), mismatched=text_wrong.pooled)
-        d_real, d_fake = logits.float().chunk(2)
-        d_mis = d_mis.float()
+            out = D(torch.cat([real, fake.to(memory_format=torch.channels_last)]),
+                    torch.cat([text.pooled, text.pooled]), mismatched=text_wrong.pooled, pairs=cfg.pair_weight > 0)
+        d_real, d_fake = out[0].float().chunk(2)
+        d_mis = out[1].float()
         d_loss = discriminator_loss(d_real, d_fake, d_mis if cfg.mismatch_weight > 0 else None,
                                     cfg.d_loss_kind, cfg.mismatch_weight)
+        if cfg.pair_weight > 0:                   # real pairs of one caption vs generated pairs of one caption
+            pair_real, pair_fake = out[2].float().chunk(2)
+            d_loss = d_loss + cfg.pair_weight * discriminator_loss(pair_real, pair_fake, kind=cfg.d_loss_kind)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
@@ -439,7 +470,10 @@ class ConditionalGAN(TextToImage):
         try:
             with runtime.autocast(dev, bf16):
                 fake = G(z, g_text)
-                g_loss = generator_loss(self.D(fake, g_text.pooled).float(), cfg.g_loss_kind)
+                out = self.D(fake, g_text.pooled, pairs=cfg.pair_weight > 0)
+                g_loss = generator_loss((out[0] if cfg.pair_weight > 0 else out).float(), cfg.g_loss_kind)
+                if cfg.pair_weight > 0:           # the pair critic: two images of one caption must vary like real pairs
+                    g_loss = g_loss + cfg.pair_weight * generator_loss(out[1].float(), cfg.g_loss_kind)
                 if cfg.diversity_weight > 0:      # one caption, two noises: the images must differ
                     first, second = layout.first.to(dev), layout.second.to(dev)
                     g_loss = g_loss + cfg.diversity_weight * diversity_loss(

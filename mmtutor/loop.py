@@ -206,12 +206,19 @@ class Loop:
         return step % self.train.log_every == 0 or step == self.train.steps - 1
 
     def log(self, step: int, **values) -> None:
-        """Append ``values`` to the history at logging steps (floats; tensors are read here only)."""
+        """Append ``values`` to the history at logging steps (floats; tensors are read here only).
+        Under DistributedDataParallel each value is averaged over the processes, so the history
+        describes the global batch (every process must call ``log`` at the same steps)."""
         if not self.due(step):
             return
         self.history["step"].append(step + 1)
         self.history["seconds"].append(time.perf_counter() - self.t0)
-        values = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in values.items()}
+        vec = torch.tensor([float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for v in values.values()],
+                           dtype=torch.float64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(vec)                      # gloo/NCCL sum, then the mean
+            vec /= torch.distributed.get_world_size()
+        values = dict(zip(values, vec.tolist()))
         for k, v in values.items():
             self.history.setdefault(k, []).append(v)
         self.loss_postfix = {k: f"{v:.3f}" for k, v in list(values.items())[:3]}

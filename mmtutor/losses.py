@@ -72,7 +72,7 @@ def generator_loss(fake: torch.Tensor, kind: str = "nonsaturating") -> torch.Ten
 
 
 def diversity_loss(a: torch.Tensor, b: torch.Tensor, za: torch.Tensor, zb: torch.Tensor,
-                   target: float) -> torch.Tensor:
+                   target: float | torch.Tensor) -> torch.Tensor:
     """Mode-seeking regulariser, one term per pair (MSGAN, Mao et al. 2019; clamped as in DSGAN).
 
     a[i] = G(za[i], t_i) and b[i] = G(zb[i], t_i) are two images for the same caption made
@@ -80,8 +80,9 @@ def diversity_loss(a: torch.Tensor, b: torch.Tensor, za: torch.Tensor, zb: torch
     moves per unit of noise; a generator that ignores z has ratio 0 (mode collapse). The loss
     mean_i max(0, target - ratio_i) / target pushes each pair's ratio up to ``target`` -- the
     same ratio measured on pairs of real images of one caption -- and no further, so diversity
-    is not bought with garbage. (A mean over pairs, so a batch split across processes gives
-    the same loss as the whole batch.)"""
+    is not bought with garbage. ``target`` may differ per pair (a (P,) tensor): a caption that
+    leaves the size out allows more spread than one that names it. (A mean over pairs, so a
+    batch split across processes gives the same loss as the whole batch.)"""
     if len(a) == 0:
         raise ValueError("diversity_loss needs at least one pair of images")
     image_dist = (a - b).abs().flatten(1).mean(1)                  # (P,)
@@ -121,7 +122,10 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
         KL = 1/2 * sum_j ( mu_j^2 + sigma_j^2 - log sigma_j^2 - 1 ).
 
-    (B, ...) -> (B,)."""
+    (B, ...) -> (B,). Zero exactly when mu = 0 and sigma = 1 (the posterior is the prior)."""
+    if mu.shape != logvar.shape:
+        raise ValueError(f"gaussian_kl needs mu and logvar of one shape, got {tuple(mu.shape)} and "
+                         f"{tuple(logvar.shape)}")
     return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).flatten(1).sum(1)
 
 
@@ -132,8 +136,14 @@ def elbo_loss(x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: to
         -ELBO = E_q[-log p(x | z, t)] + beta * KL(q(z | x, t) || p(z))
 
     with a Gaussian decoder p(x | z, t) = N(x_hat, sigma^2 I): -log p = ||x - x_hat||^2 /
-    (2 sigma^2) + const (the constant is dropped). beta = 1 is the ELBO proper; beta != 1 the
-    beta-VAE (Higgins et al. 2017). Returns (loss, reconstruction term, KL term), all (,)."""
+    (2 sigma^2) + const (the constant, D/2 log(2 pi sigma^2) for D pixels, is dropped). The
+    expectation over q is the one sample z the caller decoded into x_hat. beta = 1 is the ELBO
+    proper; beta != 1 the beta-VAE (Higgins et al. 2017). Returns (loss, reconstruction term,
+    KL term), all scalars."""
+    if x.shape != x_hat.shape:
+        raise ValueError(f"elbo_loss needs x and x_hat of one shape, got {tuple(x.shape)} and {tuple(x_hat.shape)}")
+    checks.number(sigma, "sigma", low=0.0, low_open=True)
+    checks.number(beta, "beta", low=0.0)
     recon = (x - x_hat).pow(2).flatten(1).sum(1) / (2 * sigma ** 2)      # (B,)
     kl = gaussian_kl(mu, logvar)                                         # (B,)
     return (recon + beta * kl).mean(), recon.mean(), kl.mean()
@@ -142,19 +152,35 @@ def elbo_loss(x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: to
 # ======================================================================================
 # diffusion
 def min_snr_weight(snr: torch.Tensor, gamma: float | None, prediction: str = "eps") -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023), for a loss written in the prediction's own
-    units: weight = min(SNR, gamma) / SNR for epsilon-prediction and min(SNR, gamma) / (SNR + 1)
-    for v-prediction. Both equal min(SNR, gamma) in x0 units. ``gamma=None``: all ones."""
+    """Min-SNR-gamma loss weights (Hang et al. 2023) for a loss written in the prediction's own units.
+
+    Hang et al. weight the x0-space error ||x0 - x0_hat||^2 by min(SNR, gamma): no time step with
+    a high signal-to-noise ratio (little noise, an easy task) may dominate. A squared error in
+    eps is SNR times the squared x0 error (eps - eps_hat = sqrt(SNR) (x0_hat - x0)), and one in
+    v is (SNR + 1) times it, so the same weighting reads
+
+        eps: min(SNR, gamma) / SNR,    v: min(SNR, gamma) / (SNR + 1),    x0: min(SNR, gamma).
+
+    ``gamma=None``: all ones (Ho et al.'s unweighted L_simple)."""
+    checks.choice(prediction, "prediction", ("eps", "v", "x0"))
     if gamma is None:
         return torch.ones_like(snr)
+    gamma = checks.number(gamma, "gamma", low=0.0, low_open=True)
     clipped = snr.clamp(max=gamma)
-    return clipped / snr.clamp(min=1e-8) if prediction == "eps" else clipped / (snr + 1)
+    if prediction == "eps":
+        return clipped / snr.clamp(min=1e-8)
+    if prediction == "v":
+        return clipped / (snr + 1)
+    return clipped
 
 
 def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Weighted mean squared error between the network's prediction (epsilon or v) and its
+    """Weighted mean squared error between the network's prediction (eps, v or x0) and its
     target, per image then averaged: mean_b w_b * mean ||pred_b - target_b||^2 (Ho et al.'s
     L_simple when w = 1)."""
+    if prediction.shape != target.shape:
+        raise ValueError(f"diffusion_loss needs prediction and target of one shape, got "
+                         f"{tuple(prediction.shape)} and {tuple(target.shape)}")
     per_image = (prediction - target).pow(2).flatten(1).mean(1)        # (B,)
     if weight is not None:
         per_image = per_image * weight

@@ -59,6 +59,10 @@ class Profile:
     vae_steps: int = 1000         # conditional VAE updates
     diffusion_steps: int = 1000   # diffusion model updates
     caption_steps: int = 600      # captioner updates
+    caption_batch: int = 64       # captioner batch size
+    caption_lr: float = 2e-3      # captioner peak learning rate (AdamW, warm-up then cosine)
+    caption_width: int = 32       # captioner CNN width at full resolution
+    caption_dim: int = 96         # captioner decoder width
     g_channels: int = 32          # generator width at full resolution
     d_channels: int = 32          # discriminator width after its first layer
     eval_per_caption: int = 8     # generated images per caption when measuring consistency

@@ -204,5 +204,38 @@ __all__ = ["SNAPSHOT_CAPTIONS", "SNAPSHOTS", "cache_dir", "judge", "judges", "al
 
 # ======================================================================================
 # The captioner (image -> text).
+from .captioner import Captioner, CaptionerConfig, train_captioner  # noqa: E402
+
+
+def captioner_config(world: World, prof: runtime.Profile, **overrides) -> CaptionerConfig:
+    """The profile's captioner configuration (sizes from the profile), with overrides."""
+    base = dict(image_size=world.image_size, width=prof.caption_width, dim=prof.caption_dim)
+    base.update(overrides)
+    return CaptionerConfig(**base)
+
+
+def captioner(world: World, prof: runtime.Profile, config: CaptionerConfig | None = None, seed: int = 0,
+              device=None, steps: int | None = None, progress: bool = True):
+    """The image -> text captioner, trained on the profile's pool (full captions naming all four
+    attributes, teacher forcing) with the profile's budget. Returns (captioner, info)."""
+    dev = torch.device(device) if device is not None else runtime.device()
+    config = config or captioner_config(world, prof)
+    steps = steps or prof.caption_steps
+    path = _path("captioner", "captioner", {"world": world.config(), "config": asdict(config), "steps": steps,
+                                            "batch": prof.caption_batch, "lr": prof.caption_lr,
+                                            "pool": prof.pool_size, "seed": seed, "bf16": prof.bf16})
+    if path.exists():
+        m = Captioner.load(path, map_location=dev)
+        return m, _info(path, True, m.history, m.history.get("total_seconds", 0.0))
+    torch.manual_seed(seed)
+    m = Captioner(config, world).to(dev)
+    hist = train_captioner(m, pool(world, prof, seed=seed), TrainConfig(
+        steps=steps, batch_size=prof.caption_batch, seed=seed, bf16=prof.bf16, progress=progress, log_every=20),
+        lr=prof.caption_lr)
+    m.save(path, history=hist)
+    return m, _info(path, False, hist, hist["total_seconds"])
+
+
+__all__ += ["captioner", "captioner_config"]
 
 # (end of the captioner section)
