@@ -74,7 +74,7 @@ class CaptionerConfig:
     image_size: int = 32      # pixels per side of the images it reads
     width: int = 32           # CNN trunk width at full resolution (vision.ImageEncoder)
     grid: int = 8             # the decoder attends to grid x grid image positions (the CNN's map)
-    global_token: bool = True  # and to the CNN's whole-image vector (ImageEncoder's output) as one more
+    global_token: bool = True # ... and to the CNN's whole-image vector (ImageEncoder's output)
     dim: int = 96             # decoder hidden size; image features are projected to it
     layers: int = 2           # decoder blocks: causal self-attention, cross-attention, MLP
     heads: int = 4            # attention heads (dim must be a multiple)
@@ -87,6 +87,8 @@ class CaptionerConfig:
         for name in ("width", "dim", "layers", "heads"):
             setattr(self, name, checks.count(getattr(self, name), name, maximum=4096))
         self.grid = checks.count(self.grid, "grid", minimum=4, maximum=self.image_size)
+        if not isinstance(self.global_token, bool):
+            raise TypeError(f"global_token must be True or False, got {self.global_token!r}")
         if self.image_size % self.grid or self.image_size // self.grid & (self.image_size // self.grid - 1):
             raise ValueError(f"grid must be image_size / 2^k and at least 4 (for {self.image_size} px: "
                              f"{', '.join(str(self.image_size >> k) for k in range(n_halvings(self.image_size) + 1))})"
@@ -102,7 +104,8 @@ class CaptionerConfig:
 class Captioner(nn.Module):
     """(N, 3, S, S) images in [-1, 1] -> captions.
 
-    ``encode_images``: CNN trunk -> (N, grid*grid, dim) image positions (the decoder's memory).
+    ``encode_images``: CNN -> (N, 1 + grid*grid, dim): the whole-image vector (with
+    ``global_token``) and one vector per image position -- the decoder's memory.
     ``forward(images, input_ids)``: next-token logits (N, L, V) under teacher forcing.
     ``caption(images, n, method)``: N * n captions, grouped by image.
     """
@@ -145,9 +148,27 @@ class Captioner(nn.Module):
     def device(self) -> torch.device:
         return self.position.device
 
+    @torch.no_grad()
+    def start_from(self, encoder: ImageEncoder) -> "Captioner":
+        """Copy the convolutional trunk of a trained ``vision.ImageEncoder`` of the same size and
+        width -- e.g. the dual encoder's image tower, ``aligner.image_encoder`` -- into this
+        captioner's CNN (as BLIP starts from a pretrained vision encoder); training then
+        fine-tunes it. The projection, the whole-image head and the decoder start fresh."""
+        if not isinstance(encoder, ImageEncoder):
+            raise TypeError(f"start_from expects a vision.ImageEncoder, got {type(encoder).__name__}")
+        ours = nn.Sequential(*self.trunk, *(self.rest[0] if self.rest is not None else []))
+        theirs = encoder.features[:len(ours)]
+        if encoder.image_size != self.config.image_size or [p.shape for p in ours.parameters()] != \
+                [p.shape for p in theirs.parameters()]:
+            raise ValueError(f"start_from needs an ImageEncoder for {self.config.image_size}px images of width "
+                             f"{self.config.width}; got one for {encoder.image_size}px of another width")
+        ours.load_state_dict(theirs.state_dict())
+        return self
+
     # ---------------------------------------------------------------- forward
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) -> (N, G*G, dim): one feature per image position, with its position."""
+        """(N, 3, S, S) -> (N, [1 +] G*G, dim): [the whole-image vector, then] one feature per
+        image position (row-major), each with a learned embedding of its position."""
         images = checks.images(images, self.config.image_size, "Captioner", check_values=not self.training)
         fmap = self.trunk(images.to(self.device))                  # (N, c, G, G)
         f = fmap.flatten(2).transpose(1, 2)                        # (N, G*G, c), row-major positions
@@ -172,6 +193,8 @@ class Captioner(nn.Module):
         """log p(next token | prefix, image): (N, V), special tokens other than [SEP] excluded."""
         logits = self.decode(memory, ids)[:, -1].float()           # (N, V)
         logits[:, self.banned] = float("-inf")
+        if ids.shape[1] == 1:                                      # a caption has at least one word
+            logits[:, self.eos_id] = float("-inf")
         return logits.log_softmax(-1)
 
     # ---------------------------------------------------------------- decoding
@@ -181,7 +204,7 @@ class Captioner(nn.Module):
         ids = torch.full((n, 1), self.bos_id, dtype=torch.long, device=dev)
         logp = torch.zeros(n, device=dev)
         done = torch.zeros(n, dtype=torch.bool, device=dev)
-        for _ in range(self.config.max_length - 1):
+        for _ in range(self.config.max_length - 2):          # at most max_length - 2 words
             lp = self._next_logprobs(memory, ids)                  # (N, V)
             tok = lp.argmax(1)                                     # (N,)
             logp += torch.where(done, 0.0, lp.gather(1, tok[:, None]).squeeze(1))
@@ -203,7 +226,7 @@ class Captioner(nn.Module):
         scores = torch.zeros(n, beam, device=dev)
         scores[:, 1:] = float("-inf")                              # start from one prefix, not k copies
         done = torch.zeros(n * beam, dtype=torch.bool, device=dev)
-        for _ in range(self.config.max_length - 1):
+        for _ in range(self.config.max_length - 2):          # at most max_length - 2 words
             lp = self._next_logprobs(mem, ids)                     # (N*k, V)
             v = lp.shape[1]
             frozen = torch.full_like(lp, float("-inf"))
@@ -226,7 +249,7 @@ class Captioner(nn.Module):
         ids = torch.full((n, 1), self.bos_id, dtype=torch.long, device=dev)
         logp = torch.zeros(n, device=dev)
         done = torch.zeros(n, dtype=torch.bool, device=dev)
-        for _ in range(self.config.max_length - 1):
+        for _ in range(self.config.max_length - 2):          # at most max_length - 2 words
             lp = self._next_logprobs(memory, ids)                  # (N, V)
             probs = (lp / temperature).softmax(-1).cpu()
             tok = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(dev)
@@ -454,6 +477,22 @@ def template_of(world: World, caption: str) -> int | None:
     return phrasings(world, attrs).get(" ".join(caption.split()))
 
 
+def _texts(captions, who: str) -> list[str]:
+    """Captions to *grade*: any strings, empty ones included (a model may write nonsense);
+    only the container and the types are checked."""
+    if isinstance(captions, str):
+        raise TypeError(f"{who} expects a list of captions, got a single string; wrap it: [{captions!r}]")
+    if captions is None or not hasattr(captions, "__iter__") or isinstance(captions, (bytes, dict)):
+        raise TypeError(f"{who} expects a list of captions (strings), got {type(captions).__name__}")
+    captions = list(captions)
+    if not captions:
+        raise ValueError(f"{who} expects at least one caption, got an empty list")
+    bad = next((c for c in captions if not isinstance(c, str)), None)
+    if bad is not None:
+        raise TypeError(f"{who}: every caption must be a string, got a {type(bad).__name__} ({bad!r})")
+    return captions
+
+
 def caption_scores(world: World, captions: list[str], attrs: torch.Tensor, n_per_image: int = 1) -> dict:
     """Grade captions against the true attributes of their images by parsing them.
 
@@ -463,7 +502,7 @@ def caption_scores(world: World, captions: list[str], attrs: torch.Tensor, n_per
     accuracy, ``joint`` (all four right), ``unparseable`` (share the parser refuses),
     ``incomplete`` (parsed but leaves an attribute out) and ``grammatical`` (share that the
     training grammar writes word for word)."""
-    captions = checks.captions(captions, "caption_scores")
+    captions = _texts(captions, "caption_scores")
     n_per_image = checks.count(n_per_image, "n_per_image")
     attrs = torch.as_tensor(attrs, dtype=torch.long)
     if attrs.ndim != 2 or attrs.shape[1] != len(world.attributes) or (attrs < 0).any():
@@ -488,7 +527,7 @@ def phrasing_diversity(world: World, captions: list[str], n_per_image: int) -> d
     """How varied are the n captions of each image (grouped by image)? Mean number of distinct
     captions and of distinct templates per image, and the share of all captions written by
     each template of the grammar (None: outside the grammar)."""
-    captions = checks.captions(captions, "phrasing_diversity")
+    captions = _texts(captions, "phrasing_diversity")
     n = checks.count(n_per_image, "n_per_image")
     if len(captions) % n:
         raise ValueError(f"{len(captions)} captions do not split into groups of {n}")
@@ -509,6 +548,58 @@ def evaluate(model: Captioner, world: World, n: int = 1000, split: str = "heldou
     captions = model.caption(images, method=method, **options)
     out = caption_scores(world, captions, attrs)
     return {**out, "images": images, "attrs": attrs, "captions": captions}
+
+
+# ------------------------------------------------------------------------ where words look
+def object_masks(world: World, attrs: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render scenes (N, 4) and find each object's pixels exactly: the same scenes (same random
+    layout) rendered once more in another colour differ only where the object is.
+    Returns (images (N, 3, S, S), masks (N, S, S) bool)."""
+    attrs = torch.as_tensor(attrs, dtype=torch.long)
+    images = world.render_index(attrs, torch.Generator().manual_seed(checks.seed(seed)))
+    other = attrs.clone()
+    other[:, 0] = (attrs[:, 0] + len(world.attributes["color"]) // 2) % len(world.attributes["color"])
+    recolored = world.render_index(other, torch.Generator().manual_seed(seed))
+    return images, (images - recolored).abs().amax(1) > 0.05
+
+
+def word_roles(world: World, words: list[str]) -> list[str]:
+    """The attribute each emitted word names ("color", "object", "relation", "size"), else
+    "other" (template words, [SEP])."""
+    lookup = {w: attr for attr, table in grammar.SYNONYMS.items() for values in table.values()
+              for phrase in values for w in phrase.split() if w not in ("the", "of", "to", "table")}
+    return [lookup.get(w, "other") for w in words]
+
+
+@torch.no_grad()
+def attention_on_object(model: Captioner, world: World, n: int = 200, split: str = "heldout",
+                        seed: int = 0, layer: int = -1) -> dict:
+    """Where the decoder looks while writing each kind of word, over ``n`` fresh scenes.
+
+    For every word of the (greedy) caption, the share of its cross-attention (one layer,
+    averaged over heads) that falls on grid cells the object covers (a cell counts in
+    proportion to its object pixels), and the share on the whole-image vector. The object's
+    share of the image's cells is the baseline a look anywhere would give. Returns
+    {role: {"object": share, "whole_image": share, "words": count}, "object_area": share}."""
+    attrs = torch.tensor(world.splits[split])[torch.randint(len(world.splits[split]), (n,),
+                                                            generator=torch.Generator().manual_seed(seed))]
+    images, masks = object_masks(world, attrs, seed=seed)
+    g = model.config.grid
+    cover = nn.functional.adaptive_avg_pool2d(masks.float().unsqueeze(1), g).squeeze(1)   # (N, G, G)
+    captions = model.caption(images)
+    sums: dict[str, list[float]] = {}
+    for img, cap, cov in zip(images, captions, cover):
+        words, grid, whole = model.cross_attention(img, cap)
+        grid, whole = grid[layer].mean(0), whole[layer].mean(0)             # (L, G, G), (L,)
+        on_object = (grid * cov).sum((-2, -1))                              # (L,)
+        for role, o, w in zip(word_roles(world, words), on_object.tolist(), whole.tolist()):
+            s = sums.setdefault(role, [0.0, 0.0, 0])
+            s[0] += o
+            s[1] += w
+            s[2] += 1
+    out = {role: {"object": s[0] / s[2], "whole_image": s[1] / s[2], "words": s[2]} for role, s in sums.items()}
+    out["object_area"] = cover.mean().item()
+    return out
 
 
 # ------------------------------------------------------------------------ BLEU
@@ -532,7 +623,7 @@ def reference_captions(world: World, attrs: torch.Tensor, k: int = 5, seed: int 
 def bleu(hypotheses: list[str], references: list[list[str]]) -> float:
     """Corpus BLEU-4 (0-100) of one hypothesis per image against its references (sacrebleu's
     defaults: 13a tokenisation, brevity penalty, uniform 1-4-gram weights)."""
-    hypotheses = checks.captions(hypotheses, "bleu")
+    hypotheses = _texts(hypotheses, "bleu")
     if len(references) != len(hypotheses) or len({len(r) for r in references}) != 1:
         raise ValueError("bleu needs one list of references per hypothesis, all of the same length")
     streams = [list(s) for s in zip(*references)]                 # k streams of N references
@@ -651,6 +742,6 @@ def caption_file(path, model, n: int = 1, method: str = "greedy", resize: bool =
 
 
 __all__ = ["CaptionerConfig", "Captioner", "train_captioner", "caption_bank", "parse_captions", "phrasings",
-           "template_of", "caption_scores", "phrasing_diversity", "evaluate", "reference_captions", "bleu",
-           "sentence_bleu", "retrieve_captions", "round_trip", "load_image", "caption_file", "METHODS",
-           "NOT_PARSED"]
+           "template_of", "caption_scores", "phrasing_diversity", "evaluate", "object_masks", "word_roles",
+           "attention_on_object", "reference_captions", "bleu", "sentence_bleu", "retrieve_captions",
+           "round_trip", "load_image", "caption_file", "METHODS", "NOT_PARSED"]

@@ -60,8 +60,8 @@ class Profile:
     diffusion_steps: int = 1000   # diffusion model updates
     caption_steps: int = 600      # captioner updates
     caption_batch: int = 64       # captioner batch size
-    caption_lr: float = 2e-3      # captioner peak learning rate (AdamW, warm-up then cosine)
-    caption_width: int = 32       # captioner CNN width at full resolution
+    caption_lr: float = 3e-3      # captioner peak learning rate (AdamW, warm-up then cosine)
+    caption_width: int = 16       # captioner CNN width at full resolution
     caption_dim: int = 96         # captioner decoder width
     g_channels: int = 32          # generator width at full resolution
     d_channels: int = 32          # discriminator width after its first layer
@@ -73,6 +73,7 @@ PROFILES = {
     # unit tests only: seconds, results barely better than chance
     "smoke": Profile("smoke", pool_size=512, batch_size=16, gan_steps=30, align_steps=30, align_batch=32,
                      judge_steps=40, judge2_steps=40, vae_steps=30, diffusion_steps=30, caption_steps=30,
+                     caption_batch=16, caption_lr=3e-3, caption_width=16, caption_dim=64,
                      g_channels=16, d_channels=16, eval_per_caption=2),
     # a reader's laptop and CI
     "cpu": Profile("cpu"),
@@ -81,6 +82,7 @@ PROFILES = {
     # ~37 ms per alignment step), so step counts are sized for a whole book in minutes.
     "gpu": Profile("gpu", image_size=64, pool_size=16384, batch_size=128, gan_steps=2500, align_steps=600,
                    align_batch=256, judge_steps=800, judge2_steps=800, g_channels=64, d_channels=64,
+                   caption_steps=1000, caption_batch=128, caption_lr=2e-3, caption_width=32, caption_dim=128,
                    eval_per_caption=16),
 }
 
