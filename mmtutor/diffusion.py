@@ -54,7 +54,7 @@ from .loop import EMA, Loop, TrainConfig, TrainingDiverged
 from .losses import diffusion_loss, min_snr_weight
 from .text2image import NoiseStreams, TextToImage
 from .unet import UNet
-from .vae import Autoencoder, VAEConfig, train_autoencoder
+from .vae import Autoencoder, VAEConfig, lr_factor, train_autoencoder
 from .world import World
 
 PREDICTIONS = ("eps", "v", "x0")
@@ -189,18 +189,20 @@ class DiffusionConfig:
     # ---- the autoencoder (space="latent"); trained first, inside fit
     latent_channels: int = 4       # code: latent_channels x latent_size x latent_size
     latent_size: int = 8
-    ae_channels: int = 32          # autoencoder width at full resolution
+    ae_channels: int = 16          # autoencoder width at full resolution
     ae_beta: float = 1e-4          # KL weight: small, so the code keeps detail (a "KL-regularised" autoencoder)
-    ae_steps: int = 800            # autoencoder updates
-    ae_batch: int = 64
-    ae_lr: float = 2e-3
+    ae_steps: int = 1000           # autoencoder updates
+    ae_batch: int = 32
+    ae_lr: float = 4e-3
     # ---- the denoiser (unet.UNet)
-    channels: tuple = (64, 128)    # width per resolution, e.g. 8x8 and 4x4 for an 8x8 latent
-    blocks: int = 2                # residual blocks per resolution
+    channels: tuple = (32, 64)     # width per resolution, e.g. 8x8 and 4x4 for an 8x8 latent
+    blocks: int = 1                # residual blocks per resolution (on the way up: one more)
     attention_levels: tuple = (1,)  # resolutions (0 = full) with self-attention (and cross-attention)
     cross_attention: bool = False  # also attend from positions to the caption's words (CrossAttentionFusion)
     emb_dim: int = 256             # time + text embedding size
     self_condition: bool = False   # feed the previous x_0 estimate back in (Chen et al. 2023)
+    coords: bool = True            # x, y coordinate channels at the input (CoordConv): "left" needs "where"
+    text_map: bool = True          # the caption also as a spatial map at the lowest resolution (see unet.py)
     # ---- the process and the loss
     timesteps: int = 1000          # T
     schedule: str = "cosine"       # "cosine" (Nichol & Dhariwal 2021) or "linear" (Ho et al. 2020)
@@ -216,7 +218,7 @@ class DiffusionConfig:
     ema_rampup: float = 0.1
     # ---- sampling defaults (generate's keywords override them)
     sampler: str = "ddim"          # "ddim" or "ddpm"
-    sample_steps: int = 25         # network evaluations per image (twice that with guidance)
+    sample_steps: int = 20         # network evaluations per image (twice that with guidance)
     guidance: float = 2.0          # Ho & Salimans' w: eps = (1 + w) eps_c - w eps_u
     eta: float = 0.0               # DDIM's eta (0: deterministic)
     standardize_text: bool = True  # z-score each text feature over the training captions
@@ -292,7 +294,8 @@ class DiffusionModel(TextToImage):
         c, size, _ = config.data_shape
         self.net = UNet(c, size, text.dim, config.channels, config.blocks, config.attention_levels,
                         config.cross_attention, text.word_dim if config.cross_attention else None,
-                        config.emb_dim, self_condition=config.self_condition)
+                        config.emb_dim, self_condition=config.self_condition, coords=config.coords,
+                        text_map=config.text_map)
         self.ema = EMA(self.net, config.ema_decay, config.ema_rampup) if config.ema_decay > 0 else None
         self.net_ema = self.ema.model if self.ema is not None else None     # registered: saved with the model
         self.schedule = NoiseSchedule(config.timesteps, config.schedule)
@@ -395,12 +398,6 @@ class DiffusionModel(TextToImage):
             logvars.append(logvar.float())
         return torch.cat(mus), torch.cat(logvars)
 
-    def _lr_factor(self, progress: float) -> float:
-        w = self.config.warmup
-        if progress < w:
-            return (progress + 1e-3) / w
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - w) / max(1e-9, 1 - w))))
-
     def _fit_loop(self, pool: PairPool, train: TrainConfig, bank: TextCondition, data, callback) -> dict:
         cfg, dev = self.config, self.device
         gen = torch.Generator().manual_seed(train.seed + 1)
@@ -414,7 +411,7 @@ class DiffusionModel(TextToImage):
             progress = step / train.steps
             if train.max_seconds is not None:
                 progress = max(progress, (time.perf_counter() - t0) / train.max_seconds)
-            lr = cfg.lr * self._lr_factor(progress)
+            lr = cfg.lr * lr_factor(progress, cfg.warmup, 0.1)
             for g in opt.param_groups:
                 g["lr"] = lr
             idx = torch.randint(len(pool), (train.batch_size,), generator=gen)

@@ -57,7 +57,13 @@ class Profile:
     judge_steps: int = 400        # updates of the CNN judge
     judge2_steps: int = 400       # updates of the second (residual, augmented) judge
     vae_steps: int = 1000         # conditional VAE updates
-    diffusion_steps: int = 1000   # diffusion model updates
+    diffusion_steps: int = 1500   # diffusion model (denoiser) updates
+    vae_batch: int = 64           # conditional VAE batch size
+    vae_channels: int = 16        # VAE width at full resolution (doubles per halving, at most 4x)
+    diffusion_batch: int = 64     # diffusion batch size
+    diffusion_space: str = "latent"   # "latent" (on autoencoder codes, Rombach et al.) or "pixel"
+    diffusion_channels: tuple = (32, 64)   # U-Net width per resolution
+    diffusion_ae_steps: int = 1000  # updates of latent diffusion's autoencoder (before the denoiser's)
     caption_steps: int = 600      # captioner updates
     caption_batch: int = 64       # captioner batch size
     caption_lr: float = 3e-3      # captioner peak learning rate (AdamW, warm-up then cosine)
@@ -73,6 +79,7 @@ PROFILES = {
     # unit tests only: seconds, results barely better than chance
     "smoke": Profile("smoke", pool_size=512, batch_size=16, gan_steps=30, align_steps=30, align_batch=32,
                      judge_steps=40, judge2_steps=40, vae_steps=30, diffusion_steps=30, caption_steps=30,
+                     vae_batch=16, diffusion_batch=16, diffusion_channels=(16, 32), diffusion_ae_steps=30,
                      caption_batch=16, caption_lr=3e-3, caption_width=16, caption_dim=64,
                      g_channels=16, d_channels=16, eval_per_caption=2),
     # a reader's laptop and CI
@@ -83,6 +90,9 @@ PROFILES = {
     "gpu": Profile("gpu", image_size=64, pool_size=16384, batch_size=128, gan_steps=2500, align_steps=600,
                    align_batch=256, judge_steps=800, judge2_steps=800, g_channels=64, d_channels=64,
                    caption_steps=1000, caption_batch=128, caption_lr=2e-3, caption_width=32, caption_dim=128,
+                   # VAE and diffusion sized by analogy with the cpu profile (not yet measured on a GPU)
+                   vae_steps=2000, vae_batch=128, vae_channels=32, diffusion_steps=3000, diffusion_batch=128,
+                   diffusion_channels=(64, 128), diffusion_ae_steps=1500,
                    eval_per_caption=16),
 }
 

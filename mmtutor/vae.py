@@ -30,6 +30,7 @@ latent (e.g. 4 x 8 x 8 for a 3 x 32 x 32 image) form the image autoencoder of la
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -57,9 +58,11 @@ class VAEConfig:
     channels: int = 32             # width at full resolution; doubles per halving, at most 4x
     cond_dim: int = 128            # the caption feature is projected to this many numbers (FiLM input)
     beta: float = 1.0              # weight of the KL term (1: the ELBO itself)
-    sigma: float = 0.1             # std of the decoder's Gaussian p(x | z, t) in [-1, 1] pixel units
+    sigma: float = 0.5             # std of the decoder's Gaussian p(x | z, t) in [-1, 1] pixel units. It sets
+                                   # what a nat of code is worth: with 0.1 the code also carried the relation
+                                   # (prior samples put the object anywhere); 0.5 leaves that to the caption
     kl_warmup: float = 0.0         # share of the run over which beta ramps up from 0 (0: no ramp)
-    lr: float = 2e-3               # AdamW, cosine decay to 5 % after a 5 % warm-up
+    lr: float = 2e-3               # AdamW peak; 5 % warm-up, then cosine decay to 5 % (``lr_factor``)
     weight_decay: float = 0.0
     ema_decay: float = 0.99        # EMA of the weights used for sampling; 0 switches it off
     standardize_text: bool = True  # z-score each text feature over the training captions
@@ -124,8 +127,8 @@ class Encoder(nn.Module):
         self.down = nn.ModuleList(Block(w[i], w[i + 1], cond_dim, stride=2) for i in range(len(w) - 1))
         self.mix = nn.ModuleList(Block(w[i + 1], w[i + 1], cond_dim) for i in range(len(w) - 1))
         c = cfg.latent_channels
-        if cfg.latent_size == 1:                                      # flatten the 4x4 map, then two linears
-            self.head = nn.Sequential(nn.Flatten(), nn.Linear(w[-1] * 16 + (cond_dim or 0), 2 * c))
+        if cfg.latent_size == 1:                                      # flatten the 4x4 map (+ caption), a linear
+            self.head = nn.Linear(w[-1] * 16 + (cond_dim or 0), 2 * c)
         else:
             self.head = nn.Conv2d(w[-1], 2 * c, 3, padding=1)
         self.vector = cfg.latent_size == 1
@@ -136,7 +139,7 @@ class Encoder(nn.Module):
             h = mix(down(h, cond), cond)                               # (B, C, s, s) -> (B, C', s/2, s/2)
         if self.vector:
             flat = h.flatten(1) if cond is None else torch.cat([h.flatten(1), cond], dim=1)
-            out = self.head[1](flat).view(len(x), -1, 1, 1)            # (B, 2C, 1, 1)
+            out = self.head(flat).view(len(x), -1, 1, 1)               # (B, 16 C' [+ cond]) -> (B, 2C, 1, 1)
         else:
             out = self.head(h)                                         # (B, 2C, L, L)
         mu, logvar = out.chunk(2, dim=1)
@@ -207,23 +210,30 @@ class VAENet(nn.Module):
         return self.decoder(z, c), mu, logvar
 
 
-def _optimizer(params, cfg: VAEConfig, steps: int):
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * (
-        0.05 + 0.95 * 0.5 * (1 + math.cos(min(s, steps) / steps * math.pi))))
-    return opt, sched
+def lr_factor(progress: float, warmup: float = 0.05, floor: float = 0.05) -> float:
+    """Learning-rate multiplier at ``progress`` in [0, 1] of a run: linear warm-up over the first
+    ``warmup``, then cosine decay to ``floor``."""
+    if progress < warmup:
+        return (progress + 1e-3) / warmup
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
 
 
 def _elbo_steps(net: VAENet, cfg: VAEConfig, pool: PairPool, train: TrainConfig, name: str, bank, ema,
                 dev, callback=None, who=None) -> dict:
     """The shared training loop of the conditional VAE and the autoencoder."""
     gen = torch.Generator().manual_seed(train.seed)
-    opt, sched = _optimizer(net.parameters(), cfg, train.steps)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     loop = Loop(name, train, {"net": net, **({"ema": ema.model} if ema is not None else {})},
                 hint=f"Lower the learning rate (lr={cfg.lr}).")
     net.train()
+    t0 = time.perf_counter()
     for step in loop:
+        progress = step / train.steps                  # of the steps, or of the time budget if that ends first
+        if train.max_seconds is not None:
+            progress = max(progress, (time.perf_counter() - t0) / train.max_seconds)
+        lr = cfg.lr * lr_factor(progress)
+        for g in opt.param_groups:
+            g["lr"] = lr
         x, cap, _ = pool.batch(train.batch_size, gen)
         eps = torch.randn((len(x),) + cfg.latent_shape, generator=gen)
         x, eps = x.to(dev), eps.to(dev)
@@ -236,7 +246,6 @@ def _elbo_steps(net: VAENet, cfg: VAEConfig, pool: PairPool, train: TrainConfig,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         if ema is not None:
             ema.update(net)
         if who is not None:
@@ -245,7 +254,7 @@ def _elbo_steps(net: VAENet, cfg: VAEConfig, pool: PairPool, train: TrainConfig,
             callback(who, step)
         if loop.due(step):
             mse = (x - x_hat.detach().float()).pow(2).mean()
-            loop.log(step, loss=loss, recon=recon, kl=kl, mse=mse)
+            loop.log(step, loss=loss, recon=recon, kl=kl, mse=mse, lr=lr)
     net.eval()
     return loop.finish()
 
@@ -407,5 +416,5 @@ def train_autoencoder(ae: Autoencoder, pool: PairPool, train: TrainConfig) -> di
     return hist
 
 
-__all__ = ["VAEConfig", "ConditionalVAE", "VAENet", "Encoder", "Decoder", "Block", "reparameterize",
+__all__ = ["VAEConfig", "ConditionalVAE", "VAENet", "Encoder", "Decoder", "Block", "reparameterize", "lr_factor",
            "Autoencoder", "train_autoencoder"]

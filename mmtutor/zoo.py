@@ -198,6 +198,82 @@ __all__ = ["SNAPSHOT_CAPTIONS", "SNAPSHOTS", "cache_dir", "judge", "judges", "al
 # ======================================================================================
 # VAE and diffusion (the families chapter). Functions follow the pattern of ``gan`` above:
 # key with _path(kind, module, payload), load if cached, else train, save, return (model, info).
+from .diffusion import DiffusionConfig, DiffusionModel  # noqa: E402
+from .vae import ConditionalVAE, VAEConfig  # noqa: E402
+
+
+def vae_config(world: World, prof: runtime.Profile, **overrides) -> VAEConfig:
+    """The profile's conditional-VAE configuration (sizes from the profile), with overrides."""
+    base = dict(image_size=world.image_size, channels=prof.vae_channels)
+    base.update(overrides)
+    return VAEConfig(**base)
+
+
+def vae(world: World, prof: runtime.Profile, config: VAEConfig | None = None, seed: int = 0, device=None,
+        steps: int | None = None, n_images: int | None = None, progress: bool = True):
+    """A conditional VAE trained on the profile's pool with its budget (``prof.vae_steps`` of
+    ``prof.vae_batch``). Returns (vae, info)."""
+    dev = torch.device(device) if device is not None else runtime.device()
+    config = config or vae_config(world, prof)
+    steps = steps or prof.vae_steps
+    n_images = n_images or prof.pool_size
+    path = _path("vae", "vae", {"world": world.config(), "config": asdict(config), "steps": steps, "pool": n_images,
+                                "batch": prof.vae_batch, "seed": seed, "augment": prof.caption_augment,
+                                "bf16": prof.bf16})
+    if path.exists():
+        m = ConditionalVAE.load(path, device=dev)
+        return m, _info(path, True, m.history, m.history.get("total_seconds", 0.0))
+    al = aligner(world, prof, seed=seed, device=dev, progress=progress)[0] if config.text_encoder != "minilm" else None
+    torch.manual_seed(seed)
+    m = ConditionalVAE(config, world, aligner=al, device=dev)
+    t0 = time.perf_counter()
+    hist = m.fit(pool(world, prof, n_images=n_images, seed=seed),
+                 TrainConfig(steps=steps, batch_size=prof.vae_batch, seed=seed, bf16=prof.bf16, progress=progress))
+    hist["wall_seconds"] = time.perf_counter() - t0
+    m.save(path, history=hist)
+    return m, _info(path, False, hist, hist["total_seconds"])
+
+
+def diffusion_config(world: World, prof: runtime.Profile, **overrides) -> DiffusionConfig:
+    """The profile's diffusion configuration (sizes and the autoencoder's budget from the
+    profile), with overrides."""
+    base = dict(image_size=world.image_size, space=prof.diffusion_space, channels=prof.diffusion_channels,
+                ae_steps=prof.diffusion_ae_steps, latent_size=world.image_size // 4)   # 32x32 -> 4x8x8 codes
+    base.update(overrides)
+    return DiffusionConfig(**base)
+
+
+def diffusion(world: World, prof: runtime.Profile, config: DiffusionConfig | None = None, seed: int = 0,
+              device=None, steps: int | None = None, n_images: int | None = None, progress: bool = True):
+    """A text-conditioned diffusion model trained on the profile's pool with its budget
+    (``prof.diffusion_steps`` denoiser updates of ``prof.diffusion_batch``, after the
+    autoencoder in latent space). ``info["train_seconds"]`` counts both stages. Returns (model, info)."""
+    dev = torch.device(device) if device is not None else runtime.device()
+    config = config or diffusion_config(world, prof)
+    steps = steps or prof.diffusion_steps
+    n_images = n_images or prof.pool_size
+    path = _path("diffusion", "diffusion", {"world": world.config(), "config": asdict(config), "steps": steps,
+                                            "pool": n_images, "batch": prof.diffusion_batch, "seed": seed,
+                                            "augment": prof.caption_augment, "bf16": prof.bf16})
+    if path.exists():
+        m = DiffusionModel.load(path, device=dev)
+        return m, _info(path, True, m.history, _diffusion_seconds(m.history))
+    al = aligner(world, prof, seed=seed, device=dev, progress=progress)[0] if config.text_encoder != "minilm" else None
+    torch.manual_seed(seed)
+    m = DiffusionModel(config, world, aligner=al, device=dev)
+    hist = m.fit(pool(world, prof, n_images=n_images, seed=seed),
+                 TrainConfig(steps=steps, batch_size=prof.diffusion_batch, seed=seed, bf16=prof.bf16,
+                             progress=progress))
+    m.save(path, history=hist)
+    return m, _info(path, False, hist, _diffusion_seconds(hist))
+
+
+def _diffusion_seconds(hist: dict) -> float:
+    """Training time of both stages: the autoencoder's and the denoiser's loops."""
+    return hist.get("total_seconds", 0.0) + hist.get("autoencoder_seconds", 0.0)
+
+
+__all__ += ["vae", "vae_config", "diffusion", "diffusion_config"]
 
 # (end of the VAE and diffusion section)
 

@@ -189,7 +189,7 @@ def trained(world, pool):
 
 def test_training_lowers_the_loss_and_keeps_a_history(trained):
     h = trained.history
-    assert h["steps"] == 60 and trained.steps_done == 60 and len(h["loss"]) == len(h["step"]) == 6
+    assert h["steps"] == 60 and trained.steps_done == 60 and len(h["loss"]) == len(h["step"]) == 7
     assert min(h["loss"][-3:]) < 0.7 * h["loss"][0]
     assert h["lr"][0] < h["lr"][2]                                          # warm-up
 
@@ -250,7 +250,7 @@ def test_checkpoint_round_trip(trained, tmp_path):
     assert isinstance(again, dm.DiffusionModel) and again.steps_done == trained.steps_done
     torch.testing.assert_close(again.generate([BOX], 2, seed=5, steps=3), trained.generate([BOX], 2, seed=5, steps=3))
     assert again.history["loss"] == trained.history["loss"]
-    other = dm.DiffusionModel(dm.DiffusionConfig(**{**TINY, "prediction": "eps"}), trained.world, device="cpu")
+    other = dm.DiffusionModel(dm.DiffusionConfig(**TINY, lr=3e-3, prediction="eps"), trained.world, device="cpu")
     with pytest.raises(CheckpointError, match="prediction"):
         other.load_weights(path)
 
