@@ -15,9 +15,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $(STAMP)
 
-# -W --keep-going: any warning (a failing cell included) fails the build, after reporting all of them
+# -W --keep-going: any warning (a failing cell included) fails the build, after reporting all of them.
+# Each chapter records its run time in _build/timing.json; the preface's table is built from it.
 book: $(STAMP)
-	$(BIN)/jupyter-book build . -W --keep-going
+	MMTUTOR_TIMING_FILE=$(CURDIR)/_build/timing.json $(BIN)/jupyter-book build . -W --keep-going
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests notebooks --nbval-lax

@@ -19,7 +19,7 @@ This file only re-exports; no module of the library imports it.
 
 __version__ = "0.2.0"
 
-from . import (align, checkpoint, checks, condition, data, distributed, fusion, gan, grammar, judge,  # noqa: E402
+from . import (align, checkpoint, checks, claims, condition, data, distributed, fusion, gan, grammar, judge,  # noqa: E402
                loop, losses, metrics, render, runtime, text, text2image, viz, vision, world, zoo)
 from .align import AlignConfig, DualEncoder  # noqa: E402
 from .condition import CaptionEncoder, TextCondition  # noqa: E402
@@ -31,5 +31,5 @@ from .world import World  # noqa: E402
 
 __all__ = ["World", "PairPool", "AlignConfig", "DualEncoder", "GANConfig", "ConditionalGAN", "Judge", "TrainConfig",
            "TrainingDiverged", "CaptionEncoder", "TextCondition",
-           "align", "checkpoint", "checks", "condition", "data", "distributed", "fusion", "gan", "grammar", "judge",
+           "align", "checkpoint", "checks", "claims", "condition", "data", "distributed", "fusion", "gan", "grammar", "judge",
            "loop", "losses", "metrics", "render", "runtime", "text", "text2image", "viz", "vision", "world", "zoo"]

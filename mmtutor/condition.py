@@ -7,11 +7,11 @@ round trip read captions the same way, through a ``CaptionEncoder``:
    fusion, one vector per word): the pretrained MiniLM (``"minilm"``, the default), or the
    text tower of the contrastive dual encoder (``"clip"``: its aligned embedding; ``"bert"``:
    its small BERT's pooled output);
-2. each sentence feature is z-scored with the mean and standard deviation over the training
-   captions (``standardize=True``). MiniLM vectors of captions that differ in one word
-   ("left" / "right") are nearly parallel; z-scoring removes what all captions share and
-   makes the differences as large as the rest (measured: GAN consistency 0.83 -> 0.98 at
-   equal steps).
+2. the sentence vector is normalised with statistics of the training captions (``norm``):
+   MiniLM vectors of captions that differ in one word ("left" / "right") are nearly
+   parallel, so raw features make the scene hard to read; z-scoring each feature removes what
+   all captions share (measured: GAN consistency 0.83 -> 0.98 at equal steps); the
+   discriminant projection (the default) also removes what only the *wording* changes.
 
 The statistics are buffers, so they travel in every checkpoint. The pretrained MiniLM
 itself is *not* part of the module tree (it is shared, frozen, and rebuilt from its package),
@@ -85,29 +85,51 @@ def _pad(x: torch.Tensor, length: int) -> torch.Tensor:
 
 
 class CaptionEncoder(nn.Module):
-    """captions -> TextCondition: frozen features, standardised with training-caption statistics.
+    """captions -> TextCondition: frozen features, normalised with training-caption statistics.
+
+    ``norm`` says how the sentence vector is normalised:
+
+    * ``"raw"``: as the encoder gives it (Reed et al. 2016);
+    * ``"zscore"``: each feature standardised over the training captions;
+    * ``"discriminant"`` (default): projected onto the ``dims`` directions along which captions
+      of *different scenes* differ most relative to how captions of *the same scene* differ --
+      Fisher's linear discriminant (Fisher 1936), computed in closed form from the training
+      captions and their attributes -- then standardised. Wording (templates, synonyms, extra
+      words) moves a MiniLM vector too; this keeps the scene and drops most of the wording, so
+      a caption phrased outside the training grammar lands where its scene's captions are
+      (measured: cosine between a template caption and a free phrasing of the same scene 0.98,
+      against 0.73 after z-scoring). The projected features are scaled by one number, so
+      directions that separate scenes well stay large and the others small.
 
     >>> enc = CaptionEncoder("minilm")
-    >>> enc.fit(pool.captions)                 # mean and std over the training captions
-    >>> cond = enc(["a red apple on the table"])   # TextCondition, pooled (1, 384)
+    >>> enc.fit(pool.captions, pool.caption_attrs)   # statistics of the training captions
+    >>> cond = enc(["a red apple on the table"])      # TextCondition, pooled (1, 24)
     """
 
-    def __init__(self, kind: str = "minilm", aligner=None, words: bool = False, standardize: bool = True):
+    def __init__(self, kind: str = "minilm", aligner=None, words: bool = False, norm: str = "discriminant",
+                 dims: int = 24, standardize: bool | None = None):
         super().__init__()
+        if standardize is not None:          # the older switch: True = "zscore", False = "raw"
+            norm = "zscore" if standardize else "raw"
         checks.choice(kind, "text encoder", ENCODERS)
+        checks.choice(norm, "text normalisation", NORMS)
         if kind in ("clip", "bert") and aligner is None:
             raise ValueError(f"text_encoder={kind!r} needs the trained dual encoder (aligner=DualEncoder from "
                              "mmtutor.align); use text_encoder='minilm' to go without")
-        self.kind, self.words, self.standardize = kind, bool(words), bool(standardize)
+        self.kind, self.words, self.norm = kind, bool(words), norm
         # a frozen *copy*: the caller's dual encoder is never changed (nor frozen) by a generator
         self.aligner = None
         if aligner is not None and kind != "minilm":
             self.aligner = copy.deepcopy(aligner).eval().requires_grad_(False)
         enc = self.encoder
-        self.dim = self.aligner.config.embed_dim if kind == "clip" else enc.dim
+        self.feature_dim = self.aligner.config.embed_dim if kind == "clip" else enc.dim
+        self.dims = checks.count(dims, "text dims", maximum=self.feature_dim)
+        self.dim = self.dims if norm == "discriminant" else self.feature_dim       # what the networks read
         self.word_dim = enc.dim
-        self.register_buffer("mean", torch.zeros(self.dim))
-        self.register_buffer("std", torch.ones(self.dim))
+        self.register_buffer("mean", torch.zeros(self.feature_dim))              # of the raw features
+        self.register_buffer("proj", torch.eye(self.feature_dim, self.dim))      # (F, dim)
+        self.register_buffer("out_mean", torch.zeros(self.dim))
+        self.register_buffer("out_std", torch.ones(self.dim))
         self.register_buffer("fitted", torch.tensor(False))
 
     # ---------------------------------------------------------------- the encoder
@@ -131,7 +153,7 @@ class CaptionEncoder(nn.Module):
 
     def spec(self) -> dict:
         """What it takes to rebuild this encoder's skeleton (the weights come from ``state_dict``)."""
-        out = {"kind": self.kind, "words": self.words, "standardize": self.standardize}
+        out = {"kind": self.kind, "words": self.words, "norm": self.norm, "dims": self.dims}
         if self.aligner is not None:
             out["aligner"] = self.aligner.spec()
         return out
@@ -142,12 +164,12 @@ class CaptionEncoder(nn.Module):
         if "aligner" in spec:
             from .align import DualEncoder
             aligner = DualEncoder.from_spec(spec["aligner"])
-        return cls(spec["kind"], aligner=aligner, words=spec["words"], standardize=spec["standardize"])
+        return cls(spec["kind"], aligner=aligner, words=spec["words"], norm=spec["norm"], dims=spec["dims"])
 
     # ---------------------------------------------------------------- features
     @torch.no_grad()
     def features(self, captions: list[str], batch_size: int = 512) -> TextCondition:
-        """Raw (not standardised) caption features, on this module's device."""
+        """Raw (not normalised) caption features, on this module's device."""
         captions = checks.captions(captions, "caption encoder")
         enc = self.encoder
         pooled, words = [], []
@@ -167,22 +189,67 @@ class CaptionEncoder(nn.Module):
         return TextCondition(pooled, tokens.to(self.device), mask.to(self.device))
 
     @torch.no_grad()
-    def fit(self, captions: list[str]) -> "CaptionEncoder":
-        """Fit the standardisation to the training captions (once; later calls keep the first fit)."""
-        if self.standardize and not bool(self.fitted):
-            pooled = self.features(captions).pooled
-            self.mean.copy_(pooled.mean(0))
-            self.std.copy_(pooled.std(0).clamp(min=1e-6) if len(pooled) > 1 else torch.ones_like(self.std))
-            self.fitted.fill_(True)
+    def fit(self, captions: list[str], labels: torch.Tensor | None = None) -> "CaptionEncoder":
+        """Fit the normalisation to the training captions (once; later calls keep the first fit).
+        ``labels`` (N, 4): the attributes each caption names (-1 where it says nothing); the
+        discriminant projection needs them to tell scenes from wordings."""
+        if self.norm == "raw" or bool(self.fitted):
+            return self
+        x = self.features(captions).pooled.double()                      # (N, F)
+        mean = x.mean(0)
+        if self.norm == "zscore":
+            self.mean.copy_(mean)
+            self.proj.copy_(torch.diag(1 / x.std(0).clamp(min=1e-6)))
+        else:
+            if labels is None or len(labels) != len(x):
+                raise ValueError("the discriminant projection needs each training caption's attributes "
+                                 "(labels=pool.caption_attrs)")
+            self.mean.copy_(mean)
+            self.proj.copy_(discriminant_directions(x - mean, labels, self.dim).float())
+        z = (x - mean) @ self.proj.double()
+        self.out_mean.copy_(z.mean(0))
+        if self.norm == "discriminant":
+            # one scale for all directions: each keeps its share of the spread, so the directions that
+            # barely separate scenes stay small (standardising each of them would make wording noise
+            # as loud as the scene)
+            self.out_std.fill_(float(z.std(0).pow(2).mean().sqrt()))
+        else:
+            self.out_std.copy_(z.std(0).clamp(min=1e-6))
+        self.fitted.fill_(True)
         return self
 
+    def normalise(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(N, F) raw sentence features -> (N, dim) what the networks read."""
+        if self.norm == "raw":
+            return pooled
+        return ((pooled - self.mean) @ self.proj - self.out_mean) / self.out_std
+
     def forward(self, captions: list[str]) -> TextCondition:
-        """Standardised caption features: (features - mean) / std (before ``fit``, mean 0 and
-        std 1: an untrained model reads the raw features)."""
+        """Normalised caption features (before ``fit``: the identity for "raw"/"zscore", a fixed
+        slice of the features for "discriminant" -- an untrained model can still read them)."""
         text = self.features(captions)
-        if self.standardize:
-            text = TextCondition((text.pooled - self.mean) / self.std, text.tokens, text.mask)
-        return text
+        return TextCondition(self.normalise(text.pooled), text.tokens, text.mask)
 
 
-__all__ = ["TextCondition", "CaptionEncoder", "ENCODERS"]
+def discriminant_directions(x: torch.Tensor, labels: torch.Tensor, k: int, ridge: float = 1e-4) -> torch.Tensor:
+    """Fisher's linear discriminant for many classes: the k directions w maximising
+    (w' S_b w) / (w' S_w w), S_b the scatter of the class means (scenes), S_w the scatter within
+    classes (wordings of one scene). x (N, F) centred features, labels (N, A) one class per
+    distinct row. Solved as a symmetric eigenproblem after whitening S_w (Cholesky). Returns (F, k)."""
+    _, y = torch.unique(labels, dim=0, return_inverse=True)
+    classes = int(y.max()) + 1
+    counts = torch.bincount(y, minlength=classes).to(x.dtype)
+    means = torch.zeros(classes, x.shape[1], dtype=x.dtype).index_add_(0, y, x) / counts.unsqueeze(1)
+    within = x - means[y]
+    s_w = within.t() @ within / max(len(x) - classes, 1)
+    s_w = s_w + ridge * s_w.diagonal().mean() * torch.eye(x.shape[1], dtype=x.dtype)
+    s_b = (means - means.mean(0)).t() @ (means - means.mean(0)) / classes
+    l_inv = torch.linalg.inv(torch.linalg.cholesky(s_w))
+    evals, evecs = torch.linalg.eigh(l_inv @ s_b @ l_inv.t())
+    top = evals.argsort(descending=True)[:k]
+    return l_inv.t() @ evecs[:, top]                                     # (F, k)
+
+
+NORMS = ("discriminant", "zscore", "raw")
+
+__all__ = ["TextCondition", "CaptionEncoder", "discriminant_directions", "ENCODERS", "NORMS"]

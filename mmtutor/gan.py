@@ -70,12 +70,16 @@ class GANConfig:
     betas: tuple = (0.0, 0.9)
     mismatch_weight: float = 0.5   # weight of (real image, wrong text) among D's fakes; 0 = plain conditional GAN
     interp_fraction: float = 0.25  # share of G's batch conditioned on interpolated captions (GAN-INT)
-    standardize_text: bool = True  # z-score each text feature over the training captions (fit once, stored)
+    text_norm: str = "discriminant"  # sentence vector: "discriminant" (scene directions, see condition.py),
+                                     # "zscore" (each feature standardised) or "raw"
+    text_dims: int = 24            # directions kept by the discriminant projection
     diversity_weight: float = 1.0  # mode-seeking term: one caption, two z, images must differ; 0 = off
     diversity_target: str = "caption"  # spread to reach: "caption" (as much as real images of *that caption*
                                        # differ: more when it leaves the size out) or "combination" (one target)
     pair_weight: float = 0.0       # pair critic (PacGAN-style): D also judges *pairs* of images made for one
                                    # caption against pairs of real images it describes; 0 = off
+    complete_captions: bool = False  # generate(): first complete what a caption leaves out, per image, with the
+                                     # data's frequencies (text2image.complete_captions)
 
     def __post_init__(self):
         checks.choice(self.text_encoder, "text_encoder", ("minilm", "clip", "bert"))
@@ -83,6 +87,8 @@ class GANConfig:
         checks.choice(self.loss, "loss", ("hinge", "bce", "bce-saturating"))
         checks.choice(self.norm, "norm", ("spectral", "batch"))
         checks.choice(self.d_condition, "d_condition", ("projection", "concat"))
+        checks.choice(self.text_norm, "text_norm", ("discriminant", "zscore", "raw"))
+        checks.count(self.text_dims, "text_dims", maximum=384)
         n_halvings(self.image_size)
         for name in ("z_dim", "cond_dim", "g_channels", "d_channels", "d_feat"):
             setattr(self, name, checks.count(getattr(self, name), name, maximum=4096))
@@ -106,7 +112,7 @@ class GANConfig:
     def ablation(cls, **kw) -> "GANConfig":
         """The book's recipe without its modern parts: BCE loss, batch norm instead of spectral
         norm in D, no EMA, one learning rate, no mode-seeking term. It keeps the projection
-        discriminator, the standardised MiniLM features and GAN-INT-CLS."""
+        discriminator, the normalised MiniLM features and GAN-INT-CLS."""
         base = dict(loss="bce", norm="batch", ema_decay=0.0, lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999),
                     diversity_weight=0.0)
         return cls(**{**base, **kw})
@@ -117,7 +123,7 @@ class GANConfig:
         its 4x4 image features, batch norm, BCE, raw sentence features, no SN/EMA/TTUR/diversity
         term; matching-aware D and text interpolation kept."""
         base = dict(d_condition="concat", loss="bce", norm="batch", ema_decay=0.0, lr_g=2e-4, lr_d=2e-4,
-                    betas=(0.5, 0.999), diversity_weight=0.0, standardize_text=False, cond_dim=128)
+                    betas=(0.5, 0.999), diversity_weight=0.0, text_norm="raw", cond_dim=128)
         return cls(**{**base, **kw})
 
     @property
@@ -312,7 +318,7 @@ class ConditionalGAN(TextToImage):
     def __init__(self, config: GANConfig, world: World, aligner=None, device=None, text: CaptionEncoder | None = None):
         if text is None:
             text = CaptionEncoder(config.text_encoder, aligner=aligner, words=config.fusion == "attention",
-                                  standardize=config.standardize_text)
+                                  norm=config.text_norm, dims=config.text_dims)
         super().__init__(config, world, text)
         self.G = Generator(config, text.dim, text.word_dim if config.fusion == "attention" else None)
         self.D = Discriminator(config, text.dim)
@@ -362,9 +368,13 @@ class ConditionalGAN(TextToImage):
         ctx = distributed.current()
         local = distributed.local_batch(train.batch_size, ctx, GeneratorBatch.BLOCK if ctx.active else 1)
         layout = GeneratorBatch(local, cfg.interp_fraction, cfg.diversity_weight > 0 or cfg.pair_weight > 0)
+        if cfg.diversity_weight > 0 and not len(layout.first):
+            raise ValueError(f"a batch of {local} has no pairs for the diversity term (interp_fraction="
+                             f"{cfg.interp_fraction} fills it with interpolated captions); use a batch of at least "
+                             f"{GeneratorBatch.BLOCK} or diversity_weight=0")
         gen = torch.Generator().manual_seed(train.seed)
         torch.manual_seed(train.seed)
-        self.text.fit(pool.captions)
+        self.text.fit(pool.captions, pool.caption_attrs)
         bank = self.condition(pool.captions)                                 # caption features, once
         div_target = self._diversity_targets(pool).to(dev) if cfg.diversity_weight > 0 else None
         opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas)

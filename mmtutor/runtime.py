@@ -185,7 +185,28 @@ def describe(dev: torch.device, prof: Profile, seed: int) -> str:
             f" | torch {torch.__version__} | CPU: {cpu_model()} ({amx}, {torch.get_num_threads()} threads)")
 
 
-__all__ = ["device", "Profile", "PROFILES", "profile", "seed_everything", "autocast", "describe", "machine",
+def record_chapter(chapter: str, seconds: float, dev: torch.device, prof: Profile) -> None:
+    """Add a chapter's run time to ``$MMTUTOR_TIMING_FILE`` (``make book`` sets it; the preface's
+    table is built from it). Does nothing when the variable is not set (Colab, JupyterLab)."""
+    path = os.environ.get("MMTUTOR_TIMING_FILE")
+    if not path:
+        return
+    import json
+    import time
+    from pathlib import Path
+    p = Path(path)
+    data = json.loads(p.read_text()) if p.is_file() else {}
+    data["machine"] = machine(dev, prof.bf16)
+    data["date"] = time.strftime("%Y-%m-%d")
+    data.setdefault("chapters", {})[chapter] = {"seconds": round(float(seconds), 1), "device": str(dev),
+                                                "profile": prof.name, "precision": precision(dev, prof.bf16)}
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, p)
+
+
+__all__ = ["record_chapter", "device", "Profile", "PROFILES", "profile", "seed_everything", "autocast", "describe", "machine",
            "cpu_model", "precision", "bf16_supported", "PROFILE_ENV"]
 
 

@@ -33,8 +33,9 @@ class NoiseStreams:
     """Independent random streams, one per generated image: image i of a call with ``seed``
     draws from a CPU generator seeded by (seed, i). Draws are moved to ``device``."""
 
-    def __init__(self, seed: int, start: int, n: int, device: torch.device | str = "cpu"):
-        self.gens = [torch.Generator().manual_seed((seed * 1_000_003 + start + i) % (2**63 - 1)) for i in range(n)]
+    def __init__(self, seed: int, start: int, n: int, device: torch.device | str = "cpu", stream: int = 0):
+        base = seed * 1_000_003 + stream * 7_919_000_003
+        self.gens = [torch.Generator().manual_seed((base + start + i) % (2**63 - 1)) for i in range(n)]
         self.device = device
 
     def __len__(self) -> int:
@@ -43,6 +44,42 @@ class NoiseStreams:
     def randn(self, *shape: int) -> torch.Tensor:
         """(n, *shape) standard normal draws, one row per stream."""
         return torch.stack([torch.randn(shape, generator=g) for g in self.gens]).to(self.device)
+
+    def choice(self, weights: list[torch.Tensor]) -> list[int]:
+        """One index per stream, drawn from that stream's (unnormalised) weights."""
+        return [int(torch.multinomial(w, 1, generator=g)) for w, g in zip(weights, self.gens)]
+
+
+def complete_captions(world: World, captions: list[str], noise: NoiseStreams) -> list[str]:
+    """Caption completion: for every attribute a caption leaves out, draw a value with the
+    frequency it has among the world's scenes that fit the caption, and write the completed
+    caption ("a red apple on the table" -> "a large red apple on the table"). Systems such as
+    DALL-E 3 rewrite underspecified prompts into detailed ones before generating (Betker et al.
+    2023); here the rewrite is a draw from the data's own distribution. One draw per image,
+    from that image's own random stream."""
+    names = list(world.attributes)
+    out = []
+    rows = [world.parse(c, strict=False) for c in captions]
+    weights = []
+    for attrs in rows:
+        missing = [k for k in names if k not in attrs]
+        if not missing:
+            weights.append(None)
+            continue
+        combos = torch.tensor(world.splits["all"])
+        ok = torch.ones(len(combos), dtype=torch.bool)
+        for j, k in enumerate(names):
+            if k in attrs:
+                ok &= combos[:, j] == world.attributes[k].index(attrs[k])
+        weights.append(ok.float())
+    picks = noise.choice([w if w is not None else torch.ones(1) for w in weights])
+    combos = world.splits["all"]
+    for c, attrs, w, pick in zip(captions, rows, weights, picks):
+        if w is None:
+            out.append(c)
+        else:
+            out.append(world.caption(world.attrs_of(combos[pick]), seed=pick, template=0))
+    return out
 
 
 class TextToImage(nn.Module):
@@ -85,15 +122,22 @@ class TextToImage(nn.Module):
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
-    def generate(self, captions: list[str], n_per_caption: int = 1, seed: int = 0, **options) -> torch.Tensor:
+    def generate(self, captions: list[str], n_per_caption: int = 1, seed: int = 0, complete: bool | None = None,
+                 **options) -> torch.Tensor:
         """Images for captions: (len(captions) * n_per_caption, 3, S, S) in [-1, 1], grouped by
         caption, float32 on the CPU whatever device the model runs on. ``seed`` fixes the noise;
-        ``options`` go to the family's sampler (e.g. diffusion's guidance and steps)."""
+        ``complete`` (default: the model config's ``complete_captions``, else off) first
+        completes what each caption leaves out, per image (``complete_captions``); ``options``
+        go to the family's sampler (e.g. diffusion's guidance and steps)."""
         captions = self.check_captions(captions, f"{type(self).__name__}.generate")
         n = checks.count(n_per_caption, "n_per_caption")
         seed = checks.seed(seed)
         total = checks.image_count(len(captions) * n, self.world.image_size, "number of images (captions x n_per_caption)")
         reps = [c for c in captions for _ in range(n)]
+        if complete is None:
+            complete = bool(getattr(self.config, "complete_captions", False))
+        if complete:
+            reps = complete_captions(self.world, reps, NoiseStreams(seed, 0, total, stream=1))
         was = self.training
         self.eval()
         out = torch.empty(total, 3, self.world.image_size, self.world.image_size)
@@ -169,4 +213,4 @@ def load_model(path, device=None) -> TextToImage:
     return FAMILIES[kind].load(path, device=device)
 
 
-__all__ = ["TextToImage", "NoiseStreams", "GENERATE_CHUNK", "FAMILIES", "load_model"]
+__all__ = ["TextToImage", "NoiseStreams", "GENERATE_CHUNK", "FAMILIES", "load_model", "complete_captions"]

@@ -54,6 +54,68 @@ def show_grid(images: torch.Tensor, nrow: int = 8, title: str | None = None, ax=
     return ax
 
 
+def labelled_grid(images: torch.Tensor, labels: list[str], ncols: int = 4, width: float = 9.0, wrap: int = 26,
+                  title: str | None = None, scale: int = 4):
+    """Images (N, 3, H, W) in [-1, 1], each with its own label underneath (wrapped), ``ncols``
+    per row -- for showing captions that are too long to share a row label."""
+    if len(images) != len(labels):
+        raise ValueError(f"got {len(images)} images but {len(labels)} labels")
+    rows = -(-len(images) // ncols)
+    fig, axes = plt.subplots(rows, ncols, figsize=(width, rows * width / ncols * 1.25), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, lab in zip(axes.flat, images, labels):
+        x = _unit(img.unsqueeze(0))
+        if scale > 1:
+            x = F.interpolate(x, scale_factor=scale, mode="nearest")
+        ax.imshow(x[0].permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title("\n".join(textwrap.wrap(lab, wrap)), fontsize=8, y=-0.02, va="top")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def describe_model(model: torch.nn.Module, *inputs, depth: int = 1) -> str:
+    """A table of a network's layers: name, output shape and parameters, from one forward pass
+    on ``inputs`` (forward hooks on the children down to ``depth``). Returns the table as text."""
+    rows, hooks = [], []
+
+    def shape_of(out):
+        if isinstance(out, torch.Tensor):
+            return "x".join(map(str, out.shape))
+        if isinstance(out, (tuple, list)):
+            return ", ".join(shape_of(o) for o in out)
+        return type(out).__name__
+
+    def visit(module, prefix, level):
+        for name, child in module.named_children():
+            full = f"{prefix}.{name}" if prefix else name
+            inner = [n for n, _ in child.named_children() if n != "parametrizations"]   # spectral norm is not a layer
+            if level < depth and inner:
+                visit(child, full, level + 1)
+            else:
+                n = sum(p.numel() for p in child.parameters())
+                hooks.append(child.register_forward_hook(
+                    lambda m, i, o, full=full, n=n, kind=type(child).__name__: rows.append((full, kind, shape_of(o), n))))
+
+    visit(model, "", 0)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    total = sum(p.numel() for p in model.parameters())
+    lines = [f"{'layer':28s} {'kind':22s} {'output shape':>18s} {'parameters':>11s}"]
+    lines += [f"{name[:28]:28s} {kind[:22]:22s} {shape:>18s} {n:>11,}" for name, kind, shape, n in rows]
+    lines.append(f"{'total':28s} {'':22s} {'':>18s} {total:>11,}")
+    return "\n".join(lines)
+
+
 def caption_rows(images: torch.Tensor, captions: list[str], n_per_caption: int, title: str | None = None,
                  ax=None, width: float = 9.0):
     """Caption-major images (n_per_caption per caption) as one labelled row per caption."""
@@ -140,24 +202,26 @@ def embedding_map(text_emb: torch.Tensor, image_emb: torch.Tensor, labels: list[
 
 
 def attention_maps(weights: torch.Tensor, tokens: list[str], image: torch.Tensor | None = None,
-                   title: str | None = None):
-    """(H*W, L) attention of image positions over words -> one heatmap per word (plus the image)."""
+                   title: str | None = None, ncols: int = 6, panel: float = 1.5):
+    """(H*W, L) attention of image positions over words -> one heatmap per word (plus the image
+    first), ``ncols`` panels per row so that long captions stay readable."""
     hw, L = weights.shape
     side = int(round(hw ** 0.5))
     n = L + (image is not None)
-    fig, axes = plt.subplots(1, n, figsize=(1.6 * n, 2.0))
-    axes = list(axes) if n > 1 else [axes]
+    rows = -(-n // ncols)
+    fig, axes = plt.subplots(rows, min(n, ncols), figsize=(panel * min(n, ncols), (panel + 0.35) * rows),
+                             squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat:
+        ax.axis("off")
     if image is not None:
-        axes[0].imshow(_unit(image).permute(1, 2, 0).numpy(), interpolation="nearest")
-        axes[0].set_title("image", fontsize=8)
-        axes = axes[1:]
-    for j, ax in enumerate(axes):
-        ax.imshow(weights[:, j].view(side, side).float().cpu().numpy(), cmap="magma", vmin=0,
-                  vmax=float(weights.max()))
-        ax.set_title(tokens[j], fontsize=8)
-    for ax in fig.axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
+        flat[0].imshow(_unit(image).permute(1, 2, 0).numpy(), interpolation="nearest")
+        flat[0].set_title("image", fontsize=9)
+        flat = flat[1:]
+    vmax = float(weights.max())
+    for j in range(L):
+        flat[j].imshow(weights[:, j].view(side, side).float().cpu().numpy(), cmap="magma", vmin=0, vmax=vmax)
+        flat[j].set_title(tokens[j], fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -174,5 +238,5 @@ def glue(name: str, value, display: bool = False) -> None:
     _glue(name, value, display=display)
 
 
-__all__ = ["glue", "image_grid", "save_grid", "show_grid", "caption_rows", "plot_history", "similarity_heatmap",
+__all__ = ["glue", "image_grid", "save_grid", "show_grid", "labelled_grid", "describe_model", "caption_rows", "plot_history", "similarity_heatmap",
            "pca_2d", "embedding_map", "attention_maps"]

@@ -124,14 +124,14 @@ def test_ablation_config():
     assert c.loss == "bce" and c.norm == "batch" and c.ema_decay == 0 and c.diversity_weight == 0
     assert c.lr_g == c.lr_d
     assert c.d_loss_kind == "bce" and c.g_loss_kind == "nonsaturating"
-    assert c.d_condition == "projection" and c.standardize_text       # an ablation keeps these
+    assert c.d_condition == "projection" and c.text_norm == "discriminant"   # an ablation keeps these
     assert GANConfig.ablation(z_dim=16, loss="bce-saturating").z_dim == 16
     assert GANConfig.ablation(loss="bce-saturating").g_loss_kind == "saturating"
 
 
 def test_reed2016_config():
     c = GANConfig.reed2016()
-    assert c.d_condition == "concat" and not c.standardize_text
+    assert c.d_condition == "concat" and c.text_norm == "raw"
     assert (c.loss, c.norm, c.ema_decay, c.diversity_weight) == ("bce", "batch", 0, 0)
     assert c.lr_g == c.lr_d and c.mismatch_weight == 0.5 and c.interp_fraction > 0
 

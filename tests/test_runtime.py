@@ -142,3 +142,25 @@ def test_zoo_trains_once_then_loads(world, smoke, tmp_cache):
     # another budget is another model
     _, info3 = mm.zoo.judge(world, dataclasses.replace(prof, judge_steps=1), device="cpu", progress=False)
     assert info3["path"] != info1["path"] and info3["cached"] is False
+
+
+# ------------------------------------------------------------------------ zoo: keys follow the code
+def test_cache_key_changes_when_the_code_that_trains_a_model_changes(tmp_path):
+    import shutil
+    copy = tmp_path / "mmtutor"
+    shutil.copytree(mm.zoo.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert mm.zoo.source_fingerprint("gan", copy) == mm.zoo.source_fingerprint("gan")
+    assert "loop" in mm.zoo.dependencies("gan") and "viz" not in mm.zoo.dependencies("gan")
+    viz = copy / "viz.py"
+    viz.write_text(viz.read_text() + "\n# a change that cannot affect a trained model\n")
+    assert mm.zoo.source_fingerprint("gan", copy) == mm.zoo.source_fingerprint("gan")
+    loop = copy / "loop.py"                                   # imported by gan.py: every GAN is retrained
+    loop.write_text(loop.read_text().replace("self.n += 1", "self.n += 2"))
+    assert mm.zoo.source_fingerprint("gan", copy) != mm.zoo.source_fingerprint("gan")
+    assert mm.zoo.source_fingerprint("judge", copy) != mm.zoo.source_fingerprint("judge")   # judge.py uses loop too
+
+
+def test_cache_key_includes_the_torch_version(monkeypatch):
+    before = mm.zoo.source_fingerprint("judge")
+    monkeypatch.setattr(torch, "__version__", "0.0.0-other")
+    assert mm.zoo.source_fingerprint("judge") != before

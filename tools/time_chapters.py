@@ -1,18 +1,24 @@
 """Time every chapter on this machine's device without Jupyter: each notebook's code cells
 (the Colab cell excepted) run in order as one script in a fresh Python process, as a kernel
-would run them. Used to measure the `gpu` profile on a GPU machine.
+would run them. Used to measure the book on a GPU, and to write bench/results/book_timing.json.
 
-    python tools/time_chapters.py [--budget 600] [--out timing/]
+    python tools/time_chapters.py [--budget 1800] [--out timing/] [--json bench/results/book_timing.json]
 
-Writes <out>/times.json (seconds and exit status per chapter) and <out>/log.txt (each
-chapter's printed output) after every chapter; exits 1 if a chapter fails or time runs out.
+Writes <out>/times.json (seconds and exit status per chapter, and the machine: CPU model, AMX
+yes/no, precision, torch) and <out>/log.txt (each chapter's printed output) after every
+chapter, and the same JSON to --json when given; exits 1 if a chapter fails or time runs out.
+Set MMTUTOR_CACHE to an empty folder to time a fresh clone (every model trained).
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import mmtutor as mm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,35 +37,42 @@ def chapter_script(notebook: Path) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--budget", type=float, default=600.0, help="seconds for all chapters together (default 600)")
+    ap.add_argument("--budget", type=float, default=1800.0, help="seconds for all chapters together (default 1800)")
     ap.add_argument("--out", type=Path, default=Path("timing"), help="folder for times.json and log.txt")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here (bench/results/book_timing.json)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    times: dict = {}
+    dev = mm.runtime.device()
+    prof = mm.runtime.profile(dev=dev)
+    times: dict = {"machine": {**mm.runtime.machine(dev, prof.bf16), "date": time.strftime("%Y-%m-%d %H:%M")},
+                   "profile": prof.name, "model_cache": os.environ.get("MMTUTOR_CACHE", "~/.cache/mmtutor"),
+                   "chapters": {}}
     t_all = time.perf_counter()
     with open(args.out / "log.txt", "w") as log:
         for nb in sorted((ROOT / "notebooks").glob("[0-9]*.ipynb")):
             left = args.budget - (time.perf_counter() - t_all)
             if left < 1:
-                times[nb.stem] = {"seconds": None, "status": "not run: out of time"}
+                times["chapters"][nb.stem] = {"seconds": None, "status": "not run: out of time"}
                 continue
             script = args.out / f"{nb.stem}.py"
             script.write_text(chapter_script(nb))
             t = time.perf_counter()
             try:
-                p = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True,
+                p = subprocess.run([sys.executable, str(script.resolve())], cwd=ROOT / "notebooks", capture_output=True, text=True,
                                    timeout=left)
                 status, output = ("ok" if p.returncode == 0 else f"failed (exit {p.returncode})"), p.stdout + p.stderr
             except subprocess.TimeoutExpired as e:
                 out = e.stdout or b""
                 status, output = "stopped: out of time", out.decode(errors="replace") if isinstance(out, bytes) else out
-            times[nb.stem] = {"seconds": round(time.perf_counter() - t, 1), "status": status}
+            times["chapters"][nb.stem] = {"seconds": round(time.perf_counter() - t, 1), "status": status}
             times["total_seconds"] = round(time.perf_counter() - t_all, 1)
-            log.write(f"===== {nb.stem}: {status}, {times[nb.stem]['seconds']} s\n{output}\n")
+            log.write(f"===== {nb.stem}: {status}, {times['chapters'][nb.stem]['seconds']} s\n{output}\n")
             log.flush()
             (args.out / "times.json").write_text(json.dumps(times, indent=1))
-            print(nb.stem, times[nb.stem], flush=True)
-    ok = all(v["status"] == "ok" for k, v in times.items() if k != "total_seconds")
+            if args.json:
+                args.json.write_text(json.dumps(times, indent=1) + "\n")
+            print(nb.stem, times["chapters"][nb.stem], flush=True)
+    ok = all(v["status"] == "ok" for v in times["chapters"].values())
     return 0 if ok else 1
 
 
