@@ -19,9 +19,10 @@ This file only re-exports; no module of the library imports it.
 
 __version__ = "0.2.0"
 
-from . import (align, checkpoint, checks, claims, condition, data, distributed, fusion, gan, grammar, judge,  # noqa: E402
+from . import (align, captioner, checkpoint, checks, claims, condition, data, distributed, fusion, gan, grammar, judge,  # noqa: E402
                loop, losses, metrics, render, runtime, text, text2image, viz, vision, world, zoo)
 from .align import AlignConfig, DualEncoder  # noqa: E402
+from .captioner import Captioner, CaptionerConfig  # noqa: E402
 from .condition import CaptionEncoder, TextCondition  # noqa: E402
 from .data import PairPool  # noqa: E402
 from .gan import ConditionalGAN, GANConfig  # noqa: E402
@@ -29,7 +30,7 @@ from .judge import Judge  # noqa: E402
 from .loop import TrainConfig, TrainingDiverged  # noqa: E402
 from .world import World  # noqa: E402
 
-__all__ = ["World", "PairPool", "AlignConfig", "DualEncoder", "GANConfig", "ConditionalGAN", "Judge", "TrainConfig",
+__all__ = ["Captioner", "CaptionerConfig", "World", "PairPool", "AlignConfig", "DualEncoder", "GANConfig", "ConditionalGAN", "Judge", "TrainConfig",
            "TrainingDiverged", "CaptionEncoder", "TextCondition",
-           "align", "checkpoint", "checks", "claims", "condition", "data", "distributed", "fusion", "gan", "grammar", "judge",
+           "align", "captioner", "checkpoint", "checks", "claims", "condition", "data", "distributed", "fusion", "gan", "grammar", "judge",
            "loop", "losses", "metrics", "render", "runtime", "text", "text2image", "viz", "vision", "world", "zoo"]

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import checkpoint, checks, distributed, metrics, runtime, text2image, viz, zoo
+from . import captioner, checkpoint, checks, distributed, metrics, runtime, text2image, viz, zoo
 from .data import PairPool
 from .gan import RECIPES, ConditionalGAN
 from .loop import TrainConfig, TrainingDiverged
@@ -168,6 +168,27 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_caption(args) -> int:
+    dev, prof = _setup(args)
+    print(runtime.describe(dev, prof, args.seed), file=sys.stderr)
+    if args.method == "greedy" and args.n > 1:
+        raise CommandLineError("--n > 1 needs --method beam or --method sample (greedy decoding gives one caption)")
+    options = {"seed": args.seed, **({"beam": args.beam} if args.beam is not None else {}),
+               **({"temperature": args.temperature} if args.temperature is not None else {})}
+    if args.checkpoint:
+        model = args.checkpoint                   # caption_file loads it or says why not
+    else:
+        captioner.load_image(args.image, prof.image_size, resize=args.resize)   # fail before any training
+        print(f"no --checkpoint: using the cached captioner of this profile (model seed {args.model_seed}; "
+              "training it if needed)", file=sys.stderr)
+        model = zoo.captioner(World(image_size=prof.image_size), prof, seed=args.model_seed,
+                              device=dev, progress=not args.quiet)[0]
+    for text in captioner.caption_file(args.image, model, n=args.n, method=args.method,
+                                       resize=args.resize, device=dev, **options):
+        print(text)
+    return 0
+
+
 # ------------------------------------------------------------------------ the parser
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m mmtutor", description=__doc__.split("\n")[0], epilog=EPILOG,
@@ -217,6 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the report to this JSON file")
     _common(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("caption", help="describe an image in words (image -> text)",
+                       description="Caption a square PNG/JPEG scene of the profile's size with the captioner. "
+                                   "Another size is refused unless --resize; non-square images are always refused.")
+    p.add_argument("image", help="image file, e.g. scene.png")
+    p.add_argument("--checkpoint", default=None, help="a captioner checkpoint (default: the cached captioner)")
+    p.add_argument("--model-seed", type=_int_at_least(0, checks.SEED_MAX), default=0,
+                   help="which cached captioner (its training seed; default 0)")
+    p.add_argument("--n", type=_int_at_least(1, 1000), default=1, help="captions (more than 1 needs beam or sample)")
+    p.add_argument("--method", choices=["greedy", "beam", "sample"], default="greedy")
+    p.add_argument("--beam", type=_int_at_least(1, 256), default=None, help="beam width (default max(4, --n))")
+    p.add_argument("--temperature", type=_positive_float, default=None, help="sampling temperature in (0, 100]")
+    p.add_argument("--resize", action="store_true", help="scale a square image of another size (default: refuse)")
+    _common(p)
+    p.set_defaults(func=cmd_caption)
     return parser
 
 

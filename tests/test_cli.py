@@ -254,3 +254,39 @@ def test_evaluate_writes_a_report(cli_checkpoint, tmp_path, capsys, tmp_cache):
         assert r["range"][0] <= r["range"][1]
     assert 0 <= report["consistency"]["size_coverage"]["tv"] <= 1
     assert len(set(tmp_cache.glob("judge-*.pt")) - before) == 2    # both judges went to the test cache
+
+
+# ------------------------------------------------------------------------ caption (image -> text)
+@pytest.fixture()
+def scene_png(world, tmp_path):
+    from torchvision.utils import save_image
+    path = tmp_path / "scene.png"
+    save_image((world.sample(1, seed=3)[0] + 1) / 2, str(path))
+    return path
+
+
+def test_caption_missing_image_exits_2(tmp_path, capsys):
+    _run_expecting_error(capsys, ["caption", str(tmp_path / "none.png"), *SMOKE], "no image file at")
+
+
+def test_caption_file_that_is_not_an_image_exits_2(tmp_path, capsys):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    _run_expecting_error(capsys, ["caption", str(bad), *SMOKE], "error:")
+
+
+def test_caption_wrong_size_is_refused_without_resize(world, tmp_path, capsys):
+    from PIL import Image as PILImage
+    path = tmp_path / "big.png"
+    PILImage.new("RGB", (48, 48), (120, 120, 120)).save(path)
+    _run_expecting_error(capsys, ["caption", str(path), *SMOKE], "--resize")   # refused before any training
+
+
+def test_caption_missing_checkpoint_exits_2(scene_png, tmp_path, capsys):
+    _run_expecting_error(capsys, ["caption", str(scene_png), "--checkpoint", str(tmp_path / "none.pt"), *SMOKE],
+                         "no captioner checkpoint at")
+
+
+def test_caption_greedy_with_several_captions_exits_2(scene_png, tmp_path, capsys):
+    _run_expecting_error(capsys, ["caption", str(scene_png), "--checkpoint", str(tmp_path / "c.pt"), "--n", "3",
+                                  *SMOKE], "--n > 1 needs --method beam or --method sample")
