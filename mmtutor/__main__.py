@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from . import captioner, checkpoint, checks, distributed, metrics, runtime, text2image, viz, zoo
-from .data import PairPool
 from .gan import RECIPES, ConditionalGAN
 from .loop import TrainConfig, TrainingDiverged
 from .world import World
@@ -124,7 +123,7 @@ def cmd_train(args) -> int:
         aligner, info = zoo.aligner(world, prof, seed=args.seed, device=dev, progress=not args.quiet)
         print(f"dual encoder: {'loaded from cache' if info['cached'] else 'trained'} ({info['path']})", file=sys.stderr)
     gan = ConditionalGAN(config, world, aligner=aligner, device=dev)
-    pool = PairPool(world, "train", n_images=prof.pool_size, seed=args.seed, augment=prof.caption_augment)
+    pool = zoo.pool(world, prof, seed=args.seed)
     train = TrainConfig(steps=args.steps or prof.gan_steps, batch_size=prof.batch_size, seed=args.seed,
                         bf16=prof.bf16, max_seconds=args.max_seconds, checkpoint=str(out),
                         progress=not args.quiet and ctx.main, log_every=args.log_every)

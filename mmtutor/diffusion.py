@@ -221,7 +221,11 @@ class DiffusionConfig:
     sample_steps: int = 20         # network evaluations per image (twice that with guidance)
     guidance: float = 2.0          # Ho & Salimans' w: eps = (1 + w) eps_c - w eps_u
     eta: float = 0.0               # DDIM's eta (0: deterministic)
-    standardize_text: bool = True  # z-score each text feature over the training captions
+    text_norm: str = "zscore"      # caption features: "zscore" (each standardised over the training captions),
+                                   # "discriminant" (scene directions) or "raw" (see condition.CaptionEncoder)
+    text_dims: int = 24            # directions kept by the discriminant projection
+    complete_captions: bool = False  # generate(): first complete what a caption leaves out, per image, with the
+                                     # data's frequencies (text2image.complete_captions)
 
     def __post_init__(self):
         checks.choice(self.text_encoder, "text_encoder", ("minilm", "clip", "bert"))
@@ -249,6 +253,8 @@ class DiffusionConfig:
         self.ae_steps = checks.count(self.ae_steps, "ae_steps")
         self.ae_batch = checks.count(self.ae_batch, "ae_batch", minimum=2)
         checks.number(self.ae_lr, "ae_lr", 0.0, 1.0, low_open=True)
+        checks.choice(self.text_norm, "text_norm", ("zscore", "discriminant", "raw"))
+        self.text_dims = checks.count(self.text_dims, "text_dims", maximum=384)
         if self.space == "latent":
             self.autoencoder_config()                      # validates the latent shape
         size = self.data_shape[1]
@@ -289,7 +295,7 @@ class DiffusionModel(TextToImage):
                  text: CaptionEncoder | None = None):
         if text is None:
             text = CaptionEncoder(config.text_encoder, aligner=aligner, words=config.cross_attention,
-                                  standardize=config.standardize_text)
+                                  norm=config.text_norm, dims=config.text_dims)
         super().__init__(config, world, text)
         c, size, _ = config.data_shape
         self.net = UNet(c, size, text.dim, config.channels, config.blocks, config.attention_levels,
@@ -353,7 +359,7 @@ class DiffusionModel(TextToImage):
                              f"this model makes {cfg.image_size}x{cfg.image_size}")
         t_start = time.perf_counter()
         torch.manual_seed(train.seed)
-        self.text.fit(pool.captions)
+        self.text.fit(pool.captions, pool.caption_attrs)
         bank = self.condition(pool.captions)                                 # caption features, once
         ae_hist = None
         if self.autoencoder is not None and not bool(self.ae_trained):

@@ -78,8 +78,8 @@ class GANConfig:
                                        # differ: more when it leaves the size out) or "combination" (one target)
     pair_weight: float = 0.0       # pair critic (PacGAN-style): D also judges *pairs* of images made for one
                                    # caption against pairs of real images it describes; 0 = off
-    complete_captions: bool = False  # generate(): first complete what a caption leaves out, per image, with the
-                                     # data's frequencies (text2image.complete_captions)
+    complete_captions: bool = True   # generate(): first complete what a caption leaves out, per image, with the
+                                     # data's frequencies (text2image.complete_captions); False: the GAN alone
 
     def __post_init__(self):
         checks.choice(self.text_encoder, "text_encoder", ("minilm", "clip", "bert"))

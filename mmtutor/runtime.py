@@ -49,9 +49,10 @@ class Profile:
     name: str
     image_size: int = 32          # pixels per side of the world's renders
     pool_size: int = 8192         # rendered training images (the caption bank comes on top)
-    caption_augment: float = 0.0  # share of the caption bank written with grammar.AUGMENT_TEMPLATES
+    captions_per_combo: int = 24  # the caption bank: captions per attribute combination
+    caption_augment: float = 0.5  # share of the caption bank written with grammar.AUGMENT_TEMPLATES
     batch_size: int = 64          # GAN batch size
-    gan_steps: int = 2200         # generator updates
+    gan_steps: int = 1400         # generator updates
     align_steps: int = 300        # contrastive-alignment updates
     align_batch: int = 128
     judge_steps: int = 400        # updates of the CNN judge
@@ -77,7 +78,7 @@ class Profile:
 
 PROFILES = {
     # unit tests only: seconds, results barely better than chance
-    "smoke": Profile("smoke", pool_size=512, batch_size=16, gan_steps=30, align_steps=30, align_batch=32,
+    "smoke": Profile("smoke", pool_size=512, captions_per_combo=12, batch_size=16, gan_steps=30, align_steps=30, align_batch=32,
                      judge_steps=40, judge2_steps=40, vae_steps=30, diffusion_steps=30, caption_steps=30,
                      vae_batch=16, diffusion_batch=16, diffusion_channels=(16, 32), diffusion_ae_steps=30,
                      caption_batch=16, caption_lr=3e-3, caption_width=16, caption_dim=64,

@@ -65,7 +65,11 @@ class VAEConfig:
     lr: float = 2e-3               # AdamW peak; 5 % warm-up, then cosine decay to 5 % (``lr_factor``)
     weight_decay: float = 0.0
     ema_decay: float = 0.99        # EMA of the weights used for sampling; 0 switches it off
-    standardize_text: bool = True  # z-score each text feature over the training captions
+    text_norm: str = "zscore"      # caption features: "zscore" (each standardised over the training captions),
+                                   # "discriminant" (scene directions) or "raw" (see condition.CaptionEncoder)
+    text_dims: int = 24            # directions kept by the discriminant projection
+    complete_captions: bool = False  # generate(): first complete what a caption leaves out, per image, with the
+                                     # data's frequencies (text2image.complete_captions)
 
     def __post_init__(self):
         checks.choice(self.text_encoder, "text_encoder", ("minilm", "clip", "bert"))
@@ -84,6 +88,8 @@ class VAEConfig:
         checks.number(self.lr, "lr", 0.0, 1.0, low_open=True)
         checks.number(self.weight_decay, "weight_decay", low=0.0)
         checks.number(self.ema_decay, "ema_decay", 0.0, 1.0, high_open=True)
+        checks.choice(self.text_norm, "text_norm", ("zscore", "discriminant", "raw"))
+        self.text_dims = checks.count(self.text_dims, "text_dims", maximum=384)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -275,7 +281,7 @@ class ConditionalVAE(TextToImage):
         if not config.conditional:
             raise ValueError("ConditionalVAE needs conditional=True (an unconditional one is the Autoencoder)")
         if text is None:
-            text = CaptionEncoder(config.text_encoder, aligner=aligner, standardize=config.standardize_text)
+            text = CaptionEncoder(config.text_encoder, aligner=aligner, norm=config.text_norm, dims=config.text_dims)
         super().__init__(config, world, text)
         self.net = VAENet(config, text.dim)
         self.ema = EMA(self.net, config.ema_decay) if config.ema_decay > 0 else None
@@ -312,7 +318,7 @@ class ConditionalVAE(TextToImage):
             raise ValueError(f"the pool's world renders {pool.world.image_size}x{pool.world.image_size} images, "
                              f"this VAE makes {self.config.image_size}x{self.config.image_size}")
         torch.manual_seed(train.seed)
-        self.text.fit(pool.captions)
+        self.text.fit(pool.captions, pool.caption_attrs)
         bank = self.condition(pool.captions)
         start = self.steps_done
         try:

@@ -129,12 +129,14 @@ def pool(world: World, prof: runtime.Profile, n_images: int | None = None, seed:
     """The training pairs every model of a profile learns from. Rendered once per process and
     shared (a pool is read-only and fully determined by world, size, seed and phrasing)."""
     augment = prof.caption_augment if augment is None else augment
-    return _pool(json.dumps(world.config(), sort_keys=True), n_images or prof.pool_size, seed, augment)
+    return _pool(json.dumps(world.config(), sort_keys=True), n_images or prof.pool_size, seed, augment,
+                 prof.captions_per_combo)
 
 
 @lru_cache(maxsize=4)
-def _pool(world_config: str, n_images: int, seed: int, augment: float) -> PairPool:
-    return PairPool(World(**json.loads(world_config)), "train", n_images=n_images, seed=seed, augment=augment)
+def _pool(world_config: str, n_images: int, seed: int, augment: float, captions_per_combo: int) -> PairPool:
+    return PairPool(World(**json.loads(world_config)), "train", n_images=n_images, seed=seed, augment=augment,
+                    captions_per_combo=captions_per_combo)
 
 
 def aligner(world: World, prof: runtime.Profile, config: AlignConfig | None = None, seed: int = 0,

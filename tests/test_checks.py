@@ -28,7 +28,7 @@ BAD_IMAGES = [
     # (make images from good ones, error type, message)
     (lambda x: x.numpy(), TypeError, "torch.Tensor.*ndarray.*torch.as_tensor"),
     (lambda x: x.tolist(), TypeError, "torch.Tensor.*list"),
-    (lambda x: None, TypeError, "torch.Tensor.*NoneType"),
+    (lambda x: None, (TypeError, ValueError), "torch.Tensor.*NoneType|needs images, captions or both"),
     (lambda x: ((x + 1) * 127.5).round().to(torch.uint8), TypeError, "uint8.*x.float\\(\\) / 127.5 - 1"),
     (lambda x: x > 0, TypeError, "floating-point"),
     (lambda x: x[0], ValueError, "unsqueeze\\(0\\)"),
@@ -91,7 +91,7 @@ def test_images_that_look_like_zero_one_range_warn(world, judge):
 
 # ------------------------------------------------------------------------ captions
 BAD_CAPTIONS = [
-    (None, TypeError, "expects a list of captions \\(strings\\), got NoneType"),
+    (None, (TypeError, ValueError), "expects a list of captions \\(strings\\), got NoneType|needs images, captions"),
     (123, TypeError, "expects a list of captions \\(strings\\), got int 123"),
     (APPLE, TypeError, "got a single string; wrap it"),
     ([], ValueError, "at least one caption"),

@@ -20,3 +20,14 @@ def test_a_broken_premise_names_the_sentence_and_the_numbers():
 def test_premise_error_is_an_assertion_error():
     with pytest.raises(AssertionError):
         premise(False, "x")
+
+
+def test_smoke_profile_only_warns(monkeypatch):
+    """The smoke profile finds code errors in a chapter; its results cannot carry a sentence."""
+    from mmtutor.claims import PremiseWarning
+    monkeypatch.setenv("MMTUTOR_PROFILE", "smoke")
+    with pytest.warns(PremiseWarning, match="premise not checked.*joint=0.42"):
+        premise(False, "x", joint=0.42)
+    monkeypatch.setenv("MMTUTOR_PROFILE", "cpu")
+    with pytest.raises(PremiseError):
+        premise(False, "x", joint=0.42)

