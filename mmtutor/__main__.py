@@ -24,7 +24,7 @@ from .loop import TrainConfig, TrainingDiverged
 from .world import World
 
 EPILOG = """examples:
-  python -m mmtutor train --out gan.pt                    # about two minutes on a laptop CPU
+  python -m mmtutor train --out gan.pt                    # a few minutes on a laptop CPU
   python -m mmtutor generate "a red apple on the table" --checkpoint gan.pt --out apple.png
   python -m mmtutor evaluate --checkpoint gan.pt --json report.json
   torchrun --nproc_per_node=2 -m mmtutor train --out gan.pt   # two processes (gloo on CPU, NCCL on GPUs)

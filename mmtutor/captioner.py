@@ -198,15 +198,16 @@ class Captioner(nn.Module):
         return logits.log_softmax(-1)
 
     # ---------------------------------------------------------------- decoding
-    def _greedy(self, memory: torch.Tensor):
-        """The most likely next token, step by step. -> ids (N, T), log p (N,)."""
+    def _decode(self, memory: torch.Tensor, choose):
+        """Left to right, one word per step for every caption; ``choose(log p (N, V))`` picks the
+        next tokens (N,). Finished captions are padded. -> ids (N, T), log p of the choices (N,)."""
         n, dev = len(memory), memory.device
         ids = torch.full((n, 1), self.bos_id, dtype=torch.long, device=dev)
         logp = torch.zeros(n, device=dev)
         done = torch.zeros(n, dtype=torch.bool, device=dev)
         for _ in range(self.config.max_length - 2):          # at most max_length - 2 words
             lp = self._next_logprobs(memory, ids)                  # (N, V)
-            tok = lp.argmax(1)                                     # (N,)
+            tok = choose(lp)                                       # (N,)
             logp += torch.where(done, 0.0, lp.gather(1, tok[:, None]).squeeze(1))
             tok = torch.where(done, self.pad_id, tok)              # finished captions are padded
             ids = torch.cat([ids, tok[:, None]], 1)
@@ -214,6 +215,10 @@ class Captioner(nn.Module):
             if bool(done.all()):
                 break
         return ids, logp
+
+    def _greedy(self, memory: torch.Tensor):
+        """The most likely next token, step by step. -> ids (N, T), log p (N,)."""
+        return self._decode(memory, lambda lp: lp.argmax(1))
 
     def _beam(self, memory: torch.Tensor, beam: int, keep: int):
         """Beam search: keep the ``beam`` prefixes of highest total log-probability; a finished
@@ -245,21 +250,10 @@ class Captioner(nn.Module):
     def _sample(self, memory: torch.Tensor, temperature: float, generator: torch.Generator):
         """Ancestral sampling from p^(1/T) (renormalised). Draws come from ``generator`` on the
         CPU, so a seed gives the same captions on every device. -> ids (N, T), log p (N,)."""
-        n, dev = len(memory), memory.device
-        ids = torch.full((n, 1), self.bos_id, dtype=torch.long, device=dev)
-        logp = torch.zeros(n, device=dev)
-        done = torch.zeros(n, dtype=torch.bool, device=dev)
-        for _ in range(self.config.max_length - 2):          # at most max_length - 2 words
-            lp = self._next_logprobs(memory, ids)                  # (N, V)
+        def draw(lp):
             probs = (lp / temperature).softmax(-1).cpu()
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(dev)
-            logp += torch.where(done, 0.0, lp.gather(1, tok[:, None]).squeeze(1))
-            tok = torch.where(done, self.pad_id, tok)
-            ids = torch.cat([ids, tok[:, None]], 1)
-            done |= tok == self.eos_id
-            if bool(done.all()):
-                break
-        return ids, logp
+            return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(memory.device)
+        return self._decode(memory, draw)
 
     @torch.no_grad()
     def caption(self, images: torch.Tensor, n: int = 1, method: str = "greedy", beam: int | None = None,

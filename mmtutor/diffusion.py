@@ -221,8 +221,8 @@ class DiffusionConfig:
     sample_steps: int = 20         # network evaluations per image (twice that with guidance)
     guidance: float = 2.0          # Ho & Salimans' w: eps = (1 + w) eps_c - w eps_u
     eta: float = 0.0               # DDIM's eta (0: deterministic)
-    text_norm: str = "zscore"      # caption features: "zscore" (each standardised over the training captions),
-                                   # "discriminant" (scene directions) or "raw" (see condition.CaptionEncoder)
+    text_norm: str = "discriminant"  # caption features: "discriminant" (scene directions, as the GAN), "zscore"
+                                     # (each standardised over the training captions) or "raw" (condition.CaptionEncoder)
     text_dims: int = 24            # directions kept by the discriminant projection
     complete_captions: bool = False  # generate(): first complete what a caption leaves out, per image, with the
                                      # data's frequencies (text2image.complete_captions)
@@ -318,20 +318,6 @@ class DiffusionModel(TextToImage):
     def denoiser(self) -> UNet:
         """The network used for sampling: the EMA copy when there is one."""
         return self.ema.module if self.ema is not None else self.net
-
-    def state_dict(self, *args, **kwargs):
-        state = super().state_dict(*args, **kwargs)
-        if self.ema is not None:
-            state["ema_updates"] = torch.tensor(self.ema.n)
-        return state
-
-    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
-        state = dict(state)
-        n = state.pop("ema_updates", None)
-        out = super().load_state_dict(state, strict=strict, assign=assign)
-        if self.ema is not None and n is not None:
-            self.ema.n = int(n)
-        return out
 
     # ---------------------------------------------------------------- images <-> the process's space
     def to_space(self, images: torch.Tensor) -> torch.Tensor:

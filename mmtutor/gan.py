@@ -334,20 +334,6 @@ class ConditionalGAN(TextToImage):
         """The generator used for sampling: the EMA copy when there is one."""
         return self.ema.module if self.ema is not None else self.G
 
-    def state_dict(self, *args, **kwargs):
-        state = super().state_dict(*args, **kwargs)
-        if self.ema is not None:                         # the EMA's own step counter travels too
-            state["ema_updates"] = torch.tensor(self.ema.n)
-        return state
-
-    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
-        state = dict(state)
-        n = state.pop("ema_updates", None)
-        out = super().load_state_dict(state, strict=strict, assign=assign)
-        if self.ema is not None and n is not None:
-            self.ema.n = int(n)
-        return out
-
     # ---------------------------------------------------------------- training
     def fit(self, pool: PairPool, train: TrainConfig | None = None, snapshot_captions: list[str] | None = None,
             snapshots: int = 0, callback=None, **train_kw) -> dict:

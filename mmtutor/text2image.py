@@ -100,6 +100,21 @@ class TextToImage(nn.Module):
         self.config, self.world, self.text = config, world, text
         self.history: dict = {}
         self.steps_done = 0
+        self.ema = None                  # a family that samples from averaged weights sets its loop.EMA here
+
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        if self.ema is not None:                         # the EMA's own step counter travels too
+            state["ema_updates"] = torch.tensor(self.ema.n)
+        return state
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        state = dict(state)
+        n = state.pop("ema_updates", None)
+        out = super().load_state_dict(state, strict=strict, assign=assign)
+        if self.ema is not None and n is not None:
+            self.ema.n = int(n)
+        return out
 
     @property
     def device(self) -> torch.device:

@@ -65,8 +65,8 @@ class VAEConfig:
     lr: float = 2e-3               # AdamW peak; 5 % warm-up, then cosine decay to 5 % (``lr_factor``)
     weight_decay: float = 0.0
     ema_decay: float = 0.99        # EMA of the weights used for sampling; 0 switches it off
-    text_norm: str = "zscore"      # caption features: "zscore" (each standardised over the training captions),
-                                   # "discriminant" (scene directions) or "raw" (see condition.CaptionEncoder)
+    text_norm: str = "discriminant"  # caption features: "discriminant" (scene directions, as the GAN), "zscore"
+                                     # (each standardised over the training captions) or "raw" (condition.CaptionEncoder)
     text_dims: int = 24            # directions kept by the discriminant projection
     complete_captions: bool = False  # generate(): first complete what a caption leaves out, per image, with the
                                      # data's frequencies (text2image.complete_captions)
@@ -293,20 +293,6 @@ class ConditionalVAE(TextToImage):
     def sampler(self) -> VAENet:
         """The network used for sampling and encoding: the EMA copy when there is one."""
         return self.ema.module if self.ema is not None else self.net
-
-    def state_dict(self, *args, **kwargs):
-        state = super().state_dict(*args, **kwargs)
-        if self.ema is not None:
-            state["ema_updates"] = torch.tensor(self.ema.n)
-        return state
-
-    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
-        state = dict(state)
-        n = state.pop("ema_updates", None)
-        out = super().load_state_dict(state, strict=strict, assign=assign)
-        if self.ema is not None and n is not None:
-            self.ema.n = int(n)
-        return out
 
     # ---------------------------------------------------------------- training
     def fit(self, pool: PairPool, train: TrainConfig | None = None, callback=None, **train_kw) -> dict:

@@ -178,19 +178,29 @@ def gan(world: World, prof: runtime.Profile, config: GANConfig | None = None, se
     path = _path("gan", "gan", {"world": world.config(), "config": asdict(config), "steps": steps, "pool": n_images,
                                 "batch": prof.batch_size, "seed": seed, "snapshots": SNAPSHOT_CAPTIONS,
                                 "augment": prof.caption_augment, "bf16": prof.bf16})
+    return _cached(path, ConditionalGAN, config, world, prof, seed, dev, progress,
+                   lambda g, data: g.fit(data, TrainConfig(steps=steps, batch_size=prof.batch_size, seed=seed,
+                                                           bf16=prof.bf16, progress=progress),
+                                         snapshot_captions=SNAPSHOT_CAPTIONS, snapshots=SNAPSHOTS),
+                   pool(world, prof, n_images=n_images, seed=seed) if not path.exists() else None)
+
+
+def _cached(path: Path, cls, config, world: World, prof: runtime.Profile, seed: int, dev: torch.device,
+            progress: bool, fit, data, seconds=lambda h: h.get("total_seconds", 0.0)):
+    """The model cached at ``path``; else build ``cls(config, world)`` (with the profile's dual
+    encoder when its text encoder needs one), train it by ``fit(model, data) -> history`` and
+    cache it. Returns (model, info)."""
     if path.exists():
-        g = ConditionalGAN.load(path, device=dev)
-        return g, _info(path, True, g.history, g.history.get("total_seconds", 0.0))
+        m = cls.load(path, device=dev)
+        return m, _info(path, True, m.history, seconds(m.history))
     al = aligner(world, prof, seed=seed, device=dev, progress=progress)[0] if config.text_encoder != "minilm" else None
     torch.manual_seed(seed)
-    g = ConditionalGAN(config, world, aligner=al, device=dev)
+    m = cls(config, world, aligner=al, device=dev)
     t0 = time.perf_counter()
-    hist = g.fit(pool(world, prof, n_images=n_images, seed=seed),
-                 TrainConfig(steps=steps, batch_size=prof.batch_size, seed=seed, bf16=prof.bf16, progress=progress),
-                 snapshot_captions=SNAPSHOT_CAPTIONS, snapshots=SNAPSHOTS)
+    hist = fit(m, data)
     hist["wall_seconds"] = time.perf_counter() - t0
-    g.save(path, history=hist)
-    return g, _info(path, False, hist, hist["total_seconds"])
+    m.save(path, history=hist)
+    return m, _info(path, False, hist, seconds(hist))
 
 
 __all__ = ["SNAPSHOT_CAPTIONS", "SNAPSHOTS", "cache_dir", "judge", "judges", "aligner", "gan", "gan_config", "pool",
@@ -222,18 +232,10 @@ def vae(world: World, prof: runtime.Profile, config: VAEConfig | None = None, se
     path = _path("vae", "vae", {"world": world.config(), "config": asdict(config), "steps": steps, "pool": n_images,
                                 "batch": prof.vae_batch, "seed": seed, "augment": prof.caption_augment,
                                 "bf16": prof.bf16})
-    if path.exists():
-        m = ConditionalVAE.load(path, device=dev)
-        return m, _info(path, True, m.history, m.history.get("total_seconds", 0.0))
-    al = aligner(world, prof, seed=seed, device=dev, progress=progress)[0] if config.text_encoder != "minilm" else None
-    torch.manual_seed(seed)
-    m = ConditionalVAE(config, world, aligner=al, device=dev)
-    t0 = time.perf_counter()
-    hist = m.fit(pool(world, prof, n_images=n_images, seed=seed),
-                 TrainConfig(steps=steps, batch_size=prof.vae_batch, seed=seed, bf16=prof.bf16, progress=progress))
-    hist["wall_seconds"] = time.perf_counter() - t0
-    m.save(path, history=hist)
-    return m, _info(path, False, hist, hist["total_seconds"])
+    return _cached(path, ConditionalVAE, config, world, prof, seed, dev, progress,
+                   lambda m, data: m.fit(data, TrainConfig(steps=steps, batch_size=prof.vae_batch, seed=seed,
+                                                           bf16=prof.bf16, progress=progress)),
+                   pool(world, prof, n_images=n_images, seed=seed) if not path.exists() else None)
 
 
 def diffusion_config(world: World, prof: runtime.Profile, **overrides) -> DiffusionConfig:
@@ -257,17 +259,11 @@ def diffusion(world: World, prof: runtime.Profile, config: DiffusionConfig | Non
     path = _path("diffusion", "diffusion", {"world": world.config(), "config": asdict(config), "steps": steps,
                                             "pool": n_images, "batch": prof.diffusion_batch, "seed": seed,
                                             "augment": prof.caption_augment, "bf16": prof.bf16})
-    if path.exists():
-        m = DiffusionModel.load(path, device=dev)
-        return m, _info(path, True, m.history, _diffusion_seconds(m.history))
-    al = aligner(world, prof, seed=seed, device=dev, progress=progress)[0] if config.text_encoder != "minilm" else None
-    torch.manual_seed(seed)
-    m = DiffusionModel(config, world, aligner=al, device=dev)
-    hist = m.fit(pool(world, prof, n_images=n_images, seed=seed),
-                 TrainConfig(steps=steps, batch_size=prof.diffusion_batch, seed=seed, bf16=prof.bf16,
-                             progress=progress))
-    m.save(path, history=hist)
-    return m, _info(path, False, hist, _diffusion_seconds(hist))
+    return _cached(path, DiffusionModel, config, world, prof, seed, dev, progress,
+                   lambda m, data: m.fit(data, TrainConfig(steps=steps, batch_size=prof.diffusion_batch, seed=seed,
+                                                           bf16=prof.bf16, progress=progress)),
+                   pool(world, prof, n_images=n_images, seed=seed) if not path.exists() else None,
+                   seconds=_diffusion_seconds)
 
 
 def _diffusion_seconds(hist: dict) -> float:

@@ -1,0 +1,44 @@
+"""Keep a ``make book`` run's chapter times as bench/results/book_timing.json.
+
+    /usr/bin/time -f %e make book 2> wall.txt      # in a fresh clone, with an empty MMTUTOR_CACHE
+    python tools/save_book_timing.py _build/timing.json --wall "$(tail -1 wall.txt)" --cache "empty model cache"
+
+The chapters' seconds and the machine (CPU model, AMX yes/no, precision, threads, torch) come
+from the file the build wrote (``mmtutor.runtime.record_chapter``); ``--wall`` adds the whole
+command's wall time, install included. tools/results_table.py puts it in the README.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("timing", type=Path, help="the _build/timing.json a make book wrote")
+    ap.add_argument("--wall", type=float, required=True, help="wall seconds of the whole make book")
+    ap.add_argument("--cache", default="empty model cache", help="the model cache the build started from")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "book_timing.json")
+    args = ap.parse_args()
+    if not args.timing.is_file():
+        print(f"error: {args.timing} does not exist (make book writes _build/timing.json)", file=sys.stderr)
+        return 2
+    data = json.loads(args.timing.read_text())
+    if not data.get("chapters"):
+        print(f"error: {args.timing} records no chapter", file=sys.stderr)
+        return 2
+    if args.wall <= 0:
+        print("error: --wall must be a positive number of seconds", file=sys.stderr)
+        return 2
+    data.update({"make_book_wall_seconds": round(args.wall, 1), "model_cache": args.cache,
+                 "script": "tools/save_book_timing.py"})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
