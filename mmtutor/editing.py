@@ -110,7 +110,8 @@ def sdedit(model, images: torch.Tensor, captions: list[str], t0: float, seed: in
 @torch.no_grad()
 def caption_swap(gan, source_captions: list[str], target_captions: list[str], seed: int = 0):
     """The GAN's edit: the same noise z under two captions. Returns (source images, edited images),
-    image i from z_i = the noise ``generate(..., seed)`` gives image i."""
+    image i from z_i = the noise ``generate(..., seed)`` gives image i. The captions are used as
+    given (no caption completion: an edit names what it keeps and what it changes)."""
     source_captions = gan.check_captions(source_captions, "caption_swap")
     target_captions = gan.check_captions(target_captions, "caption_swap")
     if len(source_captions) != len(target_captions):
