@@ -438,18 +438,29 @@ class ConditionalGAN(TextToImage):
 
     def _discriminator_step(self, G, D, opt_d, real, text, text_wrong, z, bf16):
         """Maximise log D(x, t) + log(1 - D(G(z, t), t)) (+ mismatched pairs): one forward of D
-        over [real; fake] images, scoring real images against their wrong captions too."""
+        over [real; fake] images (two with batch norm), scoring real images against their wrong
+        captions too."""
         cfg, dev = self.config, self.device
+        pairs = cfg.pair_weight > 0
         with runtime.autocast(dev, bf16):
             with torch.no_grad():
-                fake = self.G(z, text)
-            out = D(torch.cat([real, fake.to(memory_format=torch.channels_last)]),
-                    torch.cat([text.pooled, text.pooled]), mismatched=text_wrong.pooled, pairs=cfg.pair_weight > 0)
+                fake = self.G(z, text).to(memory_format=torch.channels_last)
+            if cfg.norm == "batch":
+                # batch norm: real and generated images in separate passes (as DCGAN and Reed et al.
+                # train), so D normalises generated images with generated statistics here exactly as
+                # in the generator's step; one mixed pass would let D tell them apart by the batch
+                # statistics alone, and G, scored on a batch of its own, would learn nothing
+                r, f = D(real, text.pooled, mismatched=text_wrong.pooled, pairs=pairs), D(fake, text.pooled, pairs=pairs)
+                f = f if isinstance(f, tuple) else (f,)
+                out = (torch.cat([r[0], f[0]]), r[1]) + ((torch.cat([r[2], f[1]]),) if pairs else ())
+            else:
+                out = D(torch.cat([real, fake]), torch.cat([text.pooled, text.pooled]),
+                        mismatched=text_wrong.pooled, pairs=pairs)
         d_real, d_fake = out[0].float().chunk(2)
         d_mis = out[1].float()
         d_loss = discriminator_loss(d_real, d_fake, d_mis if cfg.mismatch_weight > 0 else None,
                                     cfg.d_loss_kind, cfg.mismatch_weight)
-        if cfg.pair_weight > 0:                   # real pairs of one caption vs generated pairs of one caption
+        if pairs:                                 # real pairs of one caption vs generated pairs of one caption
             pair_real, pair_fake = out[2].float().chunk(2)
             d_loss = d_loss + cfg.pair_weight * discriminator_loss(pair_real, pair_fake, kind=cfg.d_loss_kind)
         opt_d.zero_grad(set_to_none=True)
