@@ -152,6 +152,7 @@ class TextToImage(nn.Module):
         if complete is None:
             complete = bool(getattr(self.config, "complete_captions", False))
         if complete:
+            self.text.features(captions)   # what was typed must be readable (e.g. MiniLM's 512 tokens), rewritten or not
             reps = complete_captions(self.world, reps, NoiseStreams(seed, 0, total, stream=1))
         was = self.training
         self.eval()

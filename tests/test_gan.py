@@ -37,8 +37,9 @@ def test_generate_is_grouped_by_caption(trained_gan):
     torch.testing.assert_close(both[:2], apple, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"z must be a tensor of shape \(4, 64\)"):
         trained_gan.generate_from([APPLE, APPLE, BOX, BOX], z[:3])
-    # generate's images are grouped by caption, each from its own noise stream
-    grouped = trained_gan.generate([APPLE, BOX], n_per_caption=2, seed=3)
+    # generate's images are grouped by caption, each from its own noise stream (captions as given:
+    # with completion, generate first fills in the size each caption leaves out)
+    grouped = trained_gan.generate([APPLE, BOX], n_per_caption=2, seed=3, complete=False)
     torch.testing.assert_close(grouped, trained_gan.generate_from([APPLE, APPLE, BOX, BOX], trained_gan.noise(4, 3)),
                                atol=1e-5, rtol=1e-5)
 
@@ -53,8 +54,8 @@ def test_interpolate(trained_gan):
     out = trained_gan.interpolate(APPLE, BOX, steps=5, n=2, seed=4)
     assert out.shape == (10, 3, 32, 32) and torch.isfinite(out).all()
     # the walk starts at caption a and ends at caption b (same noise as generate with that seed)
-    a = trained_gan.generate([APPLE], n_per_caption=2, seed=4)
-    b = trained_gan.generate([BOX], n_per_caption=2, seed=4)
+    a = trained_gan.generate([APPLE], n_per_caption=2, seed=4, complete=False)     # the walk reads captions as given
+    b = trained_gan.generate([BOX], n_per_caption=2, seed=4, complete=False)
     torch.testing.assert_close(out[0], a[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out[4], b[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out[5], a[1], atol=1e-5, rtol=1e-5)

@@ -153,7 +153,11 @@ def table() -> str:
             lines += [f"**{title}** -- `bench/results/{name}.json` is not in this commit.", ""]
             continue
         d["_file"] = f"{name}.json"
-        lines += _section(title, d, rows(d))
+        try:
+            lines += _section(title, d, rows(d))
+        except (KeyError, TypeError, IndexError):
+            lines += [f"**{title}** -- `bench/results/{name}.json` was written by an older version of its script "
+                      f"({d.get('script', 'unknown')}); rerun it to fill this part of the table.", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
