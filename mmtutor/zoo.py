@@ -179,17 +179,17 @@ def gan(world: World, prof: runtime.Profile, config: GANConfig | None = None, se
                                 "batch": prof.batch_size, "seed": seed, "snapshots": SNAPSHOT_CAPTIONS,
                                 "augment": prof.caption_augment, "bf16": prof.bf16})
     return _cached(path, ConditionalGAN, config, world, prof, seed, dev, progress,
-                   lambda g, data: g.fit(data, TrainConfig(steps=steps, batch_size=prof.batch_size, seed=seed,
-                                                           bf16=prof.bf16, progress=progress),
-                                         snapshot_captions=SNAPSHOT_CAPTIONS, snapshots=SNAPSHOTS),
-                   pool(world, prof, n_images=n_images, seed=seed) if not path.exists() else None)
+                   lambda g: g.fit(pool(world, prof, n_images=n_images, seed=seed),
+                                   TrainConfig(steps=steps, batch_size=prof.batch_size, seed=seed, bf16=prof.bf16,
+                                               progress=progress),
+                                   snapshot_captions=SNAPSHOT_CAPTIONS, snapshots=SNAPSHOTS))
 
 
 def _cached(path: Path, cls, config, world: World, prof: runtime.Profile, seed: int, dev: torch.device,
-            progress: bool, fit, data, seconds=lambda h: h.get("total_seconds", 0.0)):
+            progress: bool, fit, seconds=lambda h: h.get("total_seconds", 0.0)):
     """The model cached at ``path``; else build ``cls(config, world)`` (with the profile's dual
-    encoder when its text encoder needs one), train it by ``fit(model, data) -> history`` and
-    cache it. Returns (model, info)."""
+    encoder when its text encoder needs one), train it by ``fit(model) -> history`` and cache
+    it. Returns (model, info)."""
     if path.exists():
         m = cls.load(path, device=dev)
         return m, _info(path, True, m.history, seconds(m.history))
@@ -197,7 +197,7 @@ def _cached(path: Path, cls, config, world: World, prof: runtime.Profile, seed: 
     torch.manual_seed(seed)
     m = cls(config, world, aligner=al, device=dev)
     t0 = time.perf_counter()
-    hist = fit(m, data)
+    hist = fit(m)
     hist["wall_seconds"] = time.perf_counter() - t0
     m.save(path, history=hist)
     return m, _info(path, False, hist, seconds(hist))
@@ -233,9 +233,9 @@ def vae(world: World, prof: runtime.Profile, config: VAEConfig | None = None, se
                                 "batch": prof.vae_batch, "seed": seed, "augment": prof.caption_augment,
                                 "bf16": prof.bf16})
     return _cached(path, ConditionalVAE, config, world, prof, seed, dev, progress,
-                   lambda m, data: m.fit(data, TrainConfig(steps=steps, batch_size=prof.vae_batch, seed=seed,
-                                                           bf16=prof.bf16, progress=progress)),
-                   pool(world, prof, n_images=n_images, seed=seed) if not path.exists() else None)
+                   lambda m: m.fit(pool(world, prof, n_images=n_images, seed=seed),
+                                   TrainConfig(steps=steps, batch_size=prof.vae_batch, seed=seed, bf16=prof.bf16,
+                                               progress=progress)))
 
 
 def diffusion_config(world: World, prof: runtime.Profile, **overrides) -> DiffusionConfig:
@@ -260,9 +260,9 @@ def diffusion(world: World, prof: runtime.Profile, config: DiffusionConfig | Non
                                             "pool": n_images, "batch": prof.diffusion_batch, "seed": seed,
                                             "augment": prof.caption_augment, "bf16": prof.bf16})
     return _cached(path, DiffusionModel, config, world, prof, seed, dev, progress,
-                   lambda m, data: m.fit(data, TrainConfig(steps=steps, batch_size=prof.diffusion_batch, seed=seed,
-                                                           bf16=prof.bf16, progress=progress)),
-                   pool(world, prof, n_images=n_images, seed=seed) if not path.exists() else None,
+                   lambda m: m.fit(pool(world, prof, n_images=n_images, seed=seed),
+                                   TrainConfig(steps=steps, batch_size=prof.diffusion_batch, seed=seed, bf16=prof.bf16,
+                                               progress=progress)),
                    seconds=_diffusion_seconds)
 
 

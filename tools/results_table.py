@@ -87,13 +87,12 @@ def gan_rows(d: dict) -> list[tuple[str, str]]:
 
 
 def data_size_rows(d: dict) -> list[tuple[str, str]]:
+    seeds = len({r["seed"] for r in d["runs"]})
     rows = []
     for n, s in d["summary"].items():
+        seen, held = ({**s[k], "n": seeds} for k in ("seen_joint", "heldout_joint"))
         rows.append((f"GAN trained on {n} images ({d['steps']} steps): joint consistency seen / held-out (CNN "
-                     "judge), Fréchet distance; mean (min-max) over seeds",
-                     f"{s['seen_joint']['mean']:.3f} ({s['seen_joint']['min']:.3f}-{s['seen_joint']['max']:.3f}) / "
-                     f"{s['heldout_joint']['mean']:.3f} ({s['heldout_joint']['min']:.3f}-"
-                     f"{s['heldout_joint']['max']:.3f}); {s['fd']['mean']:.1f}"))
+                     "judge), Fréchet distance (mean)", f"{_range(seen)} / {_range(held)}; {s['fd']['mean']:.1f}"))
     return rows
 
 
