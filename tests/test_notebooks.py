@@ -59,3 +59,35 @@ def test_chapter_script_for_timing_is_valid_python_without_the_colab_cell(path):
     ast.parse(script)
     assert "google.colab" not in script
     assert "mm.runtime.device()" in script
+
+
+def _bib_keys() -> set[str]:
+    import re
+    import yaml
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "_config.yml").read_text())
+    keys = set()
+    for f in cfg["bibtex_bibfiles"]:
+        keys |= set(re.findall(r"^@\w+\{([^,\s]+),", (root / f).read_text(encoding="utf-8"), re.M))
+    return keys
+
+
+def _cited_keys() -> set[str]:
+    """Keys cited anywhere in the book, without the per-page prefix (c01-, bg-, ...)."""
+    import re
+    root = Path(__file__).resolve().parents[1]
+    texts = [p.read_text(encoding="utf-8") for p in [*NOTEBOOKS, *(root / "book").glob("*.md")]]
+    cited = set()
+    for text in texts:
+        for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", text.replace('\\"', '"')):
+            cited |= {k.strip().split("-", 1)[1] for k in group.split(",")}
+    return cited
+
+
+def test_every_citation_has_an_entry_and_every_entry_is_cited():
+    """The references page lists the whole bibliography (`:all:`), so an entry nobody cites would
+    appear as if the book relied on it, and a citation without an entry is a broken link."""
+    keys, cited = _bib_keys(), _cited_keys()
+    assert cited, "no citation found: the pattern no longer matches the book's {cite:p} roles"
+    assert not cited - keys, f"cited but not in the bibliography: {sorted(cited - keys)}"
+    assert not keys - cited, f"in the bibliography but cited nowhere: {sorted(keys - cited)}"
