@@ -28,6 +28,9 @@ from .vision import ImageEncoder, n_halvings
 from .world import World
 
 ARCHS = ("cnn", "resnet")
+# Channels at full resolution. The residual trunk keeps 24 (not 32): as accurate on real
+# held-out renders (0.996 joint after 300 steps) at about 60 % of the training time.
+WIDTH = {"cnn": 32, "resnet": 24}
 
 
 class _Residual(nn.Module):
@@ -68,9 +71,10 @@ class ResidualTrunk(nn.Module):
 class Judge(nn.Module):
     """(N, 3, S, S) -> {attribute: (N, n_values) logits}. A trunk and one linear head per attribute."""
 
-    def __init__(self, world: World, arch: str = "cnn", width: int = 32, feat: int = 128):
+    def __init__(self, world: World, arch: str = "cnn", width: int | None = None, feat: int = 128):
         super().__init__()
         self.arch = checks.choice(arch, "judge architecture", ARCHS)
+        width = WIDTH[arch] if width is None else width
         self.attributes = {k: list(v) for k, v in world.attributes.items()}
         self.image_size = world.image_size
         self.world_config = world.config()
