@@ -282,11 +282,8 @@ class DiffusionConfig:
 # ======================================================================================
 class DiffusionModel(TextToImage):
     """Text-to-image by diffusion: a U-Net denoiser, its EMA, a noise schedule, and (latent
-    space) the autoencoder.
-
-    >>> model = DiffusionModel(DiffusionConfig(), World())
-    >>> history = model.fit(PairPool(World()), TrainConfig(steps=3000, batch_size=128))
-    >>> images = model.generate(["a red apple on the table"], n_per_caption=8, seed=0, w=2.0, steps=25)
+    space) the autoencoder. Used like every family (see ``TextToImage``); ``generate`` also takes
+    the guidance weight and the sampler: ``model.generate(captions, w=2.0, steps=25, sampler="ddim")``.
     """
 
     kind = "diffusion"

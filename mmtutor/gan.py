@@ -305,12 +305,8 @@ class GeneratorBatch:
 
 # ======================================================================================
 class ConditionalGAN(TextToImage):
-    """Generator, discriminator, the EMA generator, and the caption encoder that drives them.
-
-    >>> gan = ConditionalGAN(GANConfig(), World())
-    >>> history = gan.fit(PairPool(World()), TrainConfig(steps=2000))
-    >>> images = gan.generate(["a red apple on the table"], n_per_caption=8, seed=0)
-    """
+    """Generator, discriminator, the EMA generator, and the caption encoder that drives them
+    (used like every family: see ``TextToImage``)."""
 
     kind = "gan"
     config_class = GANConfig

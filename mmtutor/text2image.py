@@ -83,7 +83,15 @@ def complete_captions(world: World, captions: list[str], noise: NoiseStreams) ->
 
 
 class TextToImage(nn.Module):
-    """Base class: a captioned-world generator with the common sampling and checkpoint code."""
+    """Base class: a captioned-world generator with the common sampling and checkpoint code.
+
+    Every family (``ConditionalGAN``, ``ConditionalVAE``, ``DiffusionModel``) is used alike:
+
+    >>> model = ConditionalGAN(GANConfig(), World())            # or ConditionalVAE, DiffusionModel
+    >>> history = model.fit(PairPool(World()), TrainConfig(steps=2000))
+    >>> images = model.generate(["a red apple on the table"], n_per_caption=8, seed=0)
+    >>> model.save("gan.pt"); same = load_model("gan.pt")       # state_dict + config
+    """
 
     kind: str = "text2image"        # the checkpoint's "kind"
     config_class: type = None       # the family's config dataclass

@@ -267,12 +267,8 @@ def _elbo_steps(net: VAENet, cfg: VAEConfig, pool: PairPool, train: TrainConfig,
 
 # ======================================================================================
 class ConditionalVAE(TextToImage):
-    """Text-to-image by a conditional VAE: sample z ~ N(0, I), decode it with the caption.
-
-    >>> vae = ConditionalVAE(VAEConfig(), World())
-    >>> history = vae.fit(PairPool(World()), TrainConfig(steps=1000))
-    >>> images = vae.generate(["a red apple on the table"], n_per_caption=8, seed=0)
-    """
+    """Text-to-image by a conditional VAE: sample z ~ N(0, I), decode it with the caption
+    (used like every family: see ``TextToImage``)."""
 
     kind = "vae"
     config_class = VAEConfig
