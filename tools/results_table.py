@@ -78,7 +78,7 @@ def gan_rows(d: dict) -> list[tuple[str, str]]:
     rows = []
     for recipe, s in d["summary"].items():
         rows.append((f"GAN, recipe `{recipe}`, {budget} of batch {p['batch_size']}: joint consistency, lower of "
-                     "two judges, seen / held-out / free phrasings (seen)",
+                     "two judges, seen / held-out / free phrasings (all 384 combinations)",
                      f"{_range(s['seen_low'])} / {_range(s['heldout_low'])} / {_range(s['free_low'])}"))
         rows.append((f"GAN, recipe `{recipe}`: Fréchet distance in judge features; size coverage TV, GAN alone / "
                      "with caption completion (0 = real mix)",
