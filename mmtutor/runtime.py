@@ -55,7 +55,7 @@ class Profile:
     gan_steps: int = 1400         # generator updates
     align_steps: int = 200        # contrastive-alignment updates (semantic R@1 1.000 on held-out pairs; 150: 0.97)
     align_batch: int = 128
-    judge_steps: int = 250        # updates of the CNN judge (held-out joint 0.997 on real renders; 400: 0.999)
+    judge_steps: int = 250        # updates of the CNN judge (held-out joint 0.996 on real renders; 400 steps: 0.999)
     judge2_steps: int = 300       # updates of the second (residual, augmented) judge
     vae_steps: int = 1000         # conditional VAE updates
     diffusion_steps: int = 1500   # diffusion model (denoiser) updates
