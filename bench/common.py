@@ -15,10 +15,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def commit() -> str:
+def commit(root: Path = ROOT) -> str:
+    """The short commit of the checkout at ``root``, marked "+uncommitted" when its mmtutor/ has
+    changes git has not committed."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "mmtutor"], cwd=ROOT, capture_output=True, text=True)
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "mmtutor"], cwd=root, capture_output=True, text=True)
+        if out.returncode != 0:
+            return "unknown"
         return out.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
     except OSError:
         return "unknown"

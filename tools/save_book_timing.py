@@ -9,11 +9,12 @@ command's wall time, install included. tools/results_table.py puts it in the REA
 """
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from common import commit  # noqa: E402  (the benchmarks' commit stamp)
 
 
 def main() -> int:
@@ -35,11 +36,8 @@ def main() -> int:
         return 2
     data.update({"make_book_wall_seconds": round(args.wall, 1), "model_cache": args.cache,
                  "script": "tools/save_book_timing.py"})
-    # the commit the build ran at: the git checkout that holds _build/timing.json
-    head = subprocess.run(["git", "-C", str(args.timing.resolve().parent), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True)
-    if head.returncode == 0:
-        data.setdefault("machine", {})["commit"] = head.stdout.strip()
+    # the commit the build ran at: the checkout that holds _build/timing.json
+    data.setdefault("machine", {})["commit"] = commit(args.timing.resolve().parent.parent)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=1) + "\n")
     print(f"wrote {args.out}")
