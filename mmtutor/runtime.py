@@ -17,12 +17,22 @@ import random
 import platform
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
 from . import checks
 
 PROFILE_ENV = "MMTUTOR_PROFILE"
+CACHE_ENV = "MMTUTOR_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where trained models (``zoo``) and encoded caption banks (``text.MiniLM``) are kept:
+    ``$MMTUTOR_CACHE`` if set, else ``~/.cache/mmtutor``. Delete it to start afresh."""
+    path = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mmtutor")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def device(prefer: str | None = None) -> torch.device:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict
 from functools import lru_cache
@@ -34,20 +33,15 @@ from .judge import Judge, judge_accuracy, train_judge
 from .loop import TrainConfig
 from .world import World
 
-CACHE_ENV = "MMTUTOR_CACHE"
+CACHE_ENV = runtime.CACHE_ENV
 PACKAGE = Path(__file__).resolve().parent
+cache_dir = runtime.cache_dir            # the folder (``$MMTUTOR_CACHE`` or ~/.cache/mmtutor)
 
 # Every GAN the zoo trains keeps snapshots of these captions (fixed noise) as it learns.
 SNAPSHOT_CAPTIONS = ["a red apple on the table", "a small blue star under the table",
                      "a large yellow cone left of the table", "a little green bottle right of the table",
                      "a big white donut on the table", "a small purple box under the table"]
 SNAPSHOTS = 6
-
-
-def cache_dir() -> Path:
-    path = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mmtutor")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 # ------------------------------------------------------------------------ the cache key

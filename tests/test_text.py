@@ -151,3 +151,59 @@ def test_minilm_encode_tokens(minilm):
 def test_minilm_rejects_bad_captions(minilm, bad, error):
     with pytest.raises(error):
         minilm.encode(bad)
+
+
+# ------------------------------------------------------------------------ MiniLM features on disk
+@pytest.fixture
+def fresh_minilm_cache(minilm, monkeypatch, tmp_path):
+    """The shared MiniLM with empty in-memory caches (restored afterwards), a cache folder of
+    its own and a low threshold for keeping features on disk (a handful of captions is a bank)."""
+    monkeypatch.setenv("MMTUTOR_CACHE", str(tmp_path))
+    saved = minilm._pooled, minilm._tokens, minilm._store
+    minilm._pooled, minilm._tokens, minilm._store = {}, {}, None
+    monkeypatch.setattr(minilm, "persist_min", 3)
+    yield minilm
+    minilm._pooled, minilm._tokens, minilm._store = saved
+
+
+BANK = ["a red apple on the table", "a tiny blue star beneath the table", "there is a big green cone left of the table",
+        "a photo of a small pink ring to the right of the table"]
+
+
+def test_minilm_features_survive_the_process(fresh_minilm_cache, tmp_path, monkeypatch):
+    m = fresh_minilm_cache
+    first = m.encode(BANK)
+    assert m.store_path().parent == tmp_path and m.store_path().exists()
+    # a new process: nothing in memory; the model itself must not run again for these captions
+    m._pooled, m._tokens, m._store = {}, {}, None
+    with monkeypatch.context() as mp:
+        mp.setattr(m, "forward", lambda **_: pytest.fail("MiniLM ran although the features were on disk"))
+        again = m.encode(list(reversed(BANK)))
+    torch.testing.assert_close(again, first.flip(0), atol=0, rtol=0)
+    # token features are not kept on disk: asking for them runs the model
+    tokens, mask = m.encode_tokens(BANK[:1])
+    assert tokens.shape[-1] == 384
+
+
+def test_minilm_small_batches_stay_in_memory(fresh_minilm_cache):
+    m = fresh_minilm_cache
+    m.encode(BANK[:2])                                # fewer than persist_min new captions
+    assert not m.store_path().exists()
+
+
+def test_minilm_damaged_feature_file_is_reported_and_replaced(fresh_minilm_cache):
+    m = fresh_minilm_cache
+    m.store_path().write_bytes(b"not a torch file")
+    with pytest.warns(UserWarning, match="ignoring the caption-feature file"):
+        out = m.encode(BANK)
+    blob = torch.load(m.store_path(), weights_only=True)
+    assert blob["captions"] == sorted(BANK, key=lambda c: len(m.tokenizer(c)["input_ids"]))
+    torch.testing.assert_close(blob["pooled"][blob["captions"].index(BANK[0])], out[0])
+
+
+def test_minilm_batches_by_length_match_one_at_a_time(fresh_minilm_cache):
+    m = fresh_minilm_cache
+    together = m.encode(BANK)
+    for i, c in enumerate(BANK):
+        _, alone = m(**m.tokenize([c]))
+        torch.testing.assert_close(together[i], alone[0], atol=1e-5, rtol=1e-5)
