@@ -26,15 +26,22 @@ class PairPool:
 
     Attributes: ``images`` (N, 3, H, W) uint8; ``attrs`` (N, 4) long; ``captions`` (M,) list
     of str; ``caption_attrs`` (M, 4) long with -1 where the caption leaves an attribute out.
+
+    The bank's wording: a share ``augment`` of its captions is written with the extra
+    templates (``grammar.AUGMENT_TEMPLATES``) instead of the grammar's own, and a share
+    ``noise`` (independently) has some filler words dropped and 1-3 ``grammar.NEUTRAL_WORDS``
+    scattered in. Neither ever uses a word of the free phrasings the book tests on.
     """
 
     def __init__(self, world: World, split: str = "train", n_images: int = 8192,
-                 captions_per_combo: int = 12, omit_size: float = 0.2, seed: int = 0, augment: float = 0.0):
+                 captions_per_combo: int = 12, omit_size: float = 0.2, seed: int = 0, augment: float = 0.0,
+                 noise: float = 0.0):
         checks.choice(split, "split", world.splits)
         n_images = checks.image_count(n_images, world.image_size, "n_images")
         captions_per_combo = checks.count(captions_per_combo, "captions_per_combo", maximum=1000)
         omit_size = checks.fraction(omit_size, "omit_size")
         self.augment = checks.fraction(augment, "augment")
+        self.noise = checks.fraction(noise, "noise")
         self.world, self.split = world, split
         images, _, attrs = world.sample(n_images, split=split, seed=seed)
         self.images = ((images + 1) * 127.5).round().to(torch.uint8)       # (N, 3, H, W) uint8
@@ -50,10 +57,10 @@ class PairPool:
                     a.pop("size")
                     row[3] = -1
                 s = rng.randrange(2**31)
-                if self.augment and rng.random() < self.augment:   # an extra phrasing (grammar.AUGMENT_TEMPLATES)
-                    captions.append(grammar.describe(a, seed=s, templates=grammar.AUGMENT_TEMPLATES))
-                else:
-                    captions.append(world.caption(a, seed=s))
+                extra = bool(self.augment) and rng.random() < self.augment   # an extra phrasing (AUGMENT_TEMPLATES)
+                noisy = bool(self.noise) and rng.random() < self.noise      # neutral words scattered in
+                captions.append(grammar.describe(a, seed=s, templates=grammar.AUGMENT_TEMPLATES if extra else None,
+                                                 noise=noisy))
                 caption_attrs.append(row)
         self.captions = captions
         self.caption_attrs = torch.tensor(caption_attrs)

@@ -13,7 +13,9 @@ Two more sets of phrasings live here, both *outside* the training grammar:
   open-vocabulary text encoder such as the pretrained MiniLM can read them at all).
 * ``AUGMENT_TEMPLATES`` -- other extra phrasings, disjoint in structure and in their extra
   words from the free ones, that a training pool may add (``PairPool(..., augment=...)``) to
-  teach a model that wording varies while the scene does not.
+  teach a model that wording varies while the scene does not;
+* ``NEUTRAL_WORDS`` -- words that say nothing about the scene, which a training pool may
+  scatter into its captions (``PairPool(..., noise=...)``), for the same lesson.
 """
 
 from __future__ import annotations
@@ -60,20 +62,34 @@ TEMPLATES = [
 # Words of the templates that carry no attribute.
 FILLER = {"a", "an", "the", "there", "is", "photo", "of", "you", "can", "see", "sits", "and"}
 
-# Extra phrasings a training pool may add (never used for evaluation). Their extra words
-# ("image", "showing", "placed", ...) do not occur in FREE_TEMPLATES.
+# Extra phrasings a training pool may add (never used for evaluation). None of their extra
+# words ("image", "snapshot", "located", ...) occurs in FREE_TEMPLATES (a test checks).
 AUGMENT_TEMPLATES = [
     ("an image of {a} {size} {color} {object} {relation}", ()),
-    ("a picture showing {a} {size} {color} {object} {relation}", ()),
-    ("{a} {size} {object} in {color} {relation}", ()),
-    ("we see {a} {size} {color} {object} placed {relation}", ()),
+    ("a snapshot showing {a} {size} {color} {object} {relation}", ()),
+    ("{a} {size} {object} that is {color} {relation}", ()),
+    ("we see {a} {size} {color} {object} located {relation}", ()),
     ("{relation} stands {a} {size} {color} {object}", ("relation",)),
-    ("here is {a} {size} {color} {object} , {relation}", ()),
-    ("{a} {color} {object} , {size} , {relation}", ()),
-    ("this scene has {a} {size} {color} {object} {relation}", ()),
+    ("here is {a} {size} {color} {object} {relation}", ()),
+    ("{a} {color} {object} which is {size} {relation}", ()),
+    ("the frame holds {a} {size} {color} {object} {relation}", ()),
     ("{a} {size} {color} {object} standing {relation}", ()),
     ("look at the {size} {color} {object} {relation}", ()),
 ]
+
+# Words that say nothing about a scene's colour, object, size or position, which a training
+# pool may scatter into its captions (``PairPool(..., noise=...)``, ``describe(..., noise=True)``):
+# a caption a reader types carries words the grammar never uses, and a model that has seen
+# wordings vary while the scene stays put learns to look past them. None occurs in
+# FREE_TEMPLATES (a test checks), and none is a near-synonym of their words (no "sketch" for
+# "drawing", no "single" for "just one").
+NEUTRAL_WORDS = """actually also always basically certainly clearly definitely honestly indeed likely maybe
+merely naturally obviously perhaps possibly probably really seemingly simply surely totally truly well so
+okay yes hello today now again still already ever once finally suddenly quietly calmly happily sadly gently
+softly slowly proudly neatly plainly lovely pretty fine good great cool wonderful beautiful ordinary normal
+regular typical classic modern old new fresh clean dusty wooden plastic metal glass paper morning evening
+afternoon night sunday kitchen room house garden office studio behold observe notice spot check watch view
+hey wow oh ah hmm kindly our your their his her its""".split()
 
 # Phrasings a reader might type, never seen in training (the book's out-of-template test).
 # Every one names all four attributes, so a generated image can be scored on each.
@@ -112,9 +128,12 @@ FREE_TEMPLATES = [
 
 
 def describe(attrs: dict, seed: int | None = None, template: int | None = None,
-             templates: list | None = None) -> str:
+             templates: list | None = None, noise: bool = False) -> str:
     """Write a caption for ``attrs`` (attribute -> canonical value; absent attributes are not
-    mentioned). ``seed`` picks the template and the synonyms; ``template`` forces one."""
+    mentioned). ``seed`` picks the template and the synonyms; ``template`` forces one.
+    ``noise``: also drop some of the template's filler words and scatter 1-3 ``NEUTRAL_WORDS``
+    between its parts (never inside an attribute's phrase), e.g. "there is a small red apple on
+    the table" -> "is a small red apple honestly on the table"."""
     templates = TEMPLATES if templates is None else templates
     rng = random.Random(seed)
     usable = [i for i, (_, needs) in enumerate(templates) if all(n in attrs for n in needs)]
@@ -125,7 +144,18 @@ def describe(attrs: dict, seed: int | None = None, template: int | None = None,
                          f"for these attributes: {usable}")
     text = templates[template][0]
     words = {k: rng.choice(SYNONYMS[k][attrs[k]]) if k in attrs else "" for k in SYNONYMS}
+    if noise:
+        text = _scatter(text, rng)
     return _finish(text.format(a="{a}", **words))
+
+
+def _scatter(template: str, rng: random.Random, drop: float = 0.3, most: int = 3) -> str:
+    """A template with each filler word dropped with probability ``drop`` and 1..``most``
+    neutral words inserted between its parts (a field such as ``{relation}`` is one part)."""
+    parts = [p for p in template.split() if not (p in FILLER and rng.random() < drop)]
+    for _ in range(rng.randint(1, most)):
+        parts.insert(rng.randint(0, len(parts)), rng.choice(NEUTRAL_WORDS))
+    return " ".join(parts)
 
 
 def free_caption(attrs: dict, seed: int | None = None, template: int | None = None) -> str:
@@ -209,5 +239,5 @@ class Parser:
         return {k: found[k] for k in self.attributes if k in found}
 
 
-__all__ = ["SYNONYMS", "TEMPLATES", "FILLER", "AUGMENT_TEMPLATES", "FREE_TEMPLATES", "describe", "free_caption",
+__all__ = ["SYNONYMS", "TEMPLATES", "FILLER", "AUGMENT_TEMPLATES", "NEUTRAL_WORDS", "FREE_TEMPLATES", "describe", "free_caption",
            "template_words", "Parser"]

@@ -68,7 +68,8 @@ class World:
             "heldout": sorted(self.heldout),
         }
         self.splits["all"] = list(self.combinations)
-        self.parser = grammar.Parser(self.attributes, grammar.template_words(grammar.AUGMENT_TEMPLATES))
+        self.parser = grammar.Parser(self.attributes, grammar.template_words(grammar.AUGMENT_TEMPLATES)
+                                     | set(grammar.NEUTRAL_WORDS))
         self.vocabulary = self.parser.vocabulary
 
     # ---------------------------------------------------------------- configuration

@@ -119,18 +119,20 @@ def judges(world: World, prof: runtime.Profile, seed: int = 0, device=None, prog
 
 
 def pool(world: World, prof: runtime.Profile, n_images: int | None = None, seed: int = 0,
-         augment: float | None = None) -> PairPool:
+         augment: float | None = None, noise: float | None = None) -> PairPool:
     """The training pairs every model of a profile learns from. Rendered once per process and
     shared (a pool is read-only and fully determined by world, size, seed and phrasing)."""
     augment = prof.caption_augment if augment is None else augment
-    return _pool(json.dumps(world.config(), sort_keys=True), n_images or prof.pool_size, seed, augment,
+    noise = prof.caption_noise if noise is None else noise
+    return _pool(json.dumps(world.config(), sort_keys=True), n_images or prof.pool_size, seed, augment, noise,
                  prof.captions_per_combo)
 
 
 @lru_cache(maxsize=4)
-def _pool(world_config: str, n_images: int, seed: int, augment: float, captions_per_combo: int) -> PairPool:
+def _pool(world_config: str, n_images: int, seed: int, augment: float, noise: float,
+          captions_per_combo: int) -> PairPool:
     return PairPool(World(**json.loads(world_config)), "train", n_images=n_images, seed=seed, augment=augment,
-                    captions_per_combo=captions_per_combo)
+                    noise=noise, captions_per_combo=captions_per_combo)
 
 
 def aligner(world: World, prof: runtime.Profile, config: AlignConfig | None = None, seed: int = 0,
@@ -140,7 +142,7 @@ def aligner(world: World, prof: runtime.Profile, config: AlignConfig | None = No
     config = config or AlignConfig(image_size=world.image_size)
     path = _path("align", "align", {"world": world.config(), "config": asdict(config), "steps": prof.align_steps,
                                     "batch": prof.align_batch, "pool": prof.pool_size, "seed": seed,
-                                    "augment": prof.caption_augment, "bf16": prof.bf16})
+                                    "augment": prof.caption_augment, "noise": prof.caption_noise, "bf16": prof.bf16})
     if path.exists():
         m = DualEncoder.load(path, map_location=dev)
         return m, _info(path, True, m.history, m.history.get("total_seconds", 0.0))
@@ -171,7 +173,7 @@ def gan(world: World, prof: runtime.Profile, config: GANConfig | None = None, se
     n_images = n_images or prof.pool_size
     path = _path("gan", "gan", {"world": world.config(), "config": asdict(config), "steps": steps, "pool": n_images,
                                 "batch": prof.batch_size, "seed": seed, "snapshots": SNAPSHOT_CAPTIONS,
-                                "augment": prof.caption_augment, "bf16": prof.bf16})
+                                "augment": prof.caption_augment, "noise": prof.caption_noise, "bf16": prof.bf16})
     return _cached(path, ConditionalGAN, config, world, prof, seed, dev, progress,
                    lambda g: g.fit(pool(world, prof, n_images=n_images, seed=seed),
                                    TrainConfig(steps=steps, batch_size=prof.batch_size, seed=seed, bf16=prof.bf16,
@@ -225,7 +227,7 @@ def vae(world: World, prof: runtime.Profile, config: VAEConfig | None = None, se
     n_images = n_images or prof.pool_size
     path = _path("vae", "vae", {"world": world.config(), "config": asdict(config), "steps": steps, "pool": n_images,
                                 "batch": prof.vae_batch, "seed": seed, "augment": prof.caption_augment,
-                                "bf16": prof.bf16})
+                                "noise": prof.caption_noise, "bf16": prof.bf16})
     return _cached(path, ConditionalVAE, config, world, prof, seed, dev, progress,
                    lambda m: m.fit(pool(world, prof, n_images=n_images, seed=seed),
                                    TrainConfig(steps=steps, batch_size=prof.vae_batch, seed=seed, bf16=prof.bf16,
@@ -252,7 +254,7 @@ def diffusion(world: World, prof: runtime.Profile, config: DiffusionConfig | Non
     n_images = n_images or prof.pool_size
     path = _path("diffusion", "diffusion", {"world": world.config(), "config": asdict(config), "steps": steps,
                                             "pool": n_images, "batch": prof.diffusion_batch, "seed": seed,
-                                            "augment": prof.caption_augment, "bf16": prof.bf16})
+                                            "augment": prof.caption_augment, "noise": prof.caption_noise, "bf16": prof.bf16})
     return _cached(path, DiffusionModel, config, world, prof, seed, dev, progress,
                    lambda m: m.fit(pool(world, prof, n_images=n_images, seed=seed),
                                    TrainConfig(steps=steps, batch_size=prof.diffusion_batch, seed=seed, bf16=prof.bf16,

@@ -65,6 +65,22 @@ def test_pool_is_deterministic_under_seed(world):
     assert torch.equal(a.caption_attrs, b.caption_attrs)
 
 
+def test_pool_wording_shares(world):
+    neutral = set(mm.grammar.NEUTRAL_WORDS)
+    extra = (mm.grammar.template_words(mm.grammar.AUGMENT_TEMPLATES) - mm.grammar.template_words(mm.grammar.TEMPLATES)
+             - mm.grammar.FILLER)
+    p = mm.PairPool(world, "train", n_images=16, captions_per_combo=8, seed=2, augment=0.5, noise=0.5)
+    noisy = torch.tensor([any(w in neutral for w in c.split()) for c in p.captions]).float()
+    assert 0.45 < noisy.mean() < 0.55
+    for caption, row in zip(p.captions, p.caption_attrs.tolist()):     # the labels still hold
+        expected = {k: world.attributes[k][i] for k, i in zip(world.attributes, row) if i >= 0}
+        assert world.parse(caption) == expected, caption
+    plain = mm.PairPool(world, "train", n_images=16, captions_per_combo=8, seed=2)
+    assert not any(w in neutral | extra for c in plain.captions for w in c.split())
+    with pytest.raises(ValueError, match="noise"):
+        mm.PairPool(world, n_images=8, noise=1.5)
+
+
 def test_heldout_pool(world):
     p = mm.PairPool(world, "heldout", n_images=64, captions_per_combo=2, seed=0)
     assert all(tuple(r) in world.heldout for r in p.attrs.tolist())

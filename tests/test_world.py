@@ -92,6 +92,31 @@ def test_caption_with_random_template_round_trips(world):
         assert world.parse(world.caption(attrs, seed=seed)) == attrs
 
 
+def test_noisy_captions_round_trip_and_carry_neutral_words(world):
+    neutral = set(mm.grammar.NEUTRAL_WORDS)
+    for seed, combo in enumerate(world.combinations):
+        attrs = world.attrs_of(combo)
+        if seed % 3 == 0:
+            attrs.pop("size")
+        for templates in (None, mm.grammar.AUGMENT_TEMPLATES):
+            caption = mm.grammar.describe(attrs, seed=seed, templates=templates, noise=True)
+            assert world.parse(caption) == attrs, caption
+            assert 1 <= sum(w in neutral for w in caption.split()) <= 3, caption
+            assert caption == mm.grammar.describe(attrs, seed=seed, templates=templates, noise=True)
+
+
+def test_free_phrasings_share_no_word_with_any_training_wording():
+    """The free phrasings are the book's out-of-template test: no word a training pool can add
+    to the grammar's own (extra templates, neutral words) may occur in them."""
+    g = mm.grammar
+    grammar_words = g.template_words(g.TEMPLATES) | g.FILLER
+    attribute_words = {w for table in g.SYNONYMS.values() for names in table.values() for n in names for w in n.split()}
+    free = g.template_words(g.FREE_TEMPLATES)
+    assert not (g.template_words(g.AUGMENT_TEMPLATES) - grammar_words) & free
+    assert not set(g.NEUTRAL_WORDS) & (free | attribute_words | grammar_words | g.template_words(g.AUGMENT_TEMPLATES))
+    assert len(set(g.NEUTRAL_WORDS)) == len(g.NEUTRAL_WORDS)
+
+
 def test_caption_seed_varies_words_and_is_deterministic(world):
     attrs = {"color": "red", "object": "box", "relation": "under the table", "size": "large"}
     captions = {world.caption(attrs, seed=s) for s in range(60)}
