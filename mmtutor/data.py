@@ -30,7 +30,7 @@ class PairPool:
     The bank's wording: a share ``augment`` of its captions is written with the extra
     templates (``grammar.AUGMENT_TEMPLATES``) instead of the grammar's own, and a share
     ``noise`` (independently) has some filler words dropped and 1-3 ``grammar.NEUTRAL_WORDS``
-    scattered in. Neither ever uses a word of the free phrasings the book tests on.
+    scattered in. Neither adds a word of the free phrasings the book tests on (a test checks).
     """
 
     def __init__(self, world: World, split: str = "train", n_images: int = 8192,

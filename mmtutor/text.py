@@ -281,7 +281,8 @@ class MiniLM(TextEncoder):
             out, pooled = self(**enc)
             for j, c in enumerate(chunk):
                 n = int(enc["attention_mask"][j].sum())
-                self._tokens[c], self._pooled[c] = out[j, :n].cpu(), pooled[j].cpu()
+                self._tokens[c] = out[j, :n].cpu()
+                self._pooled.setdefault(c, pooled[j].cpu())   # a feature read from disk stays as it was
         if self.persist and len(todo) >= self.persist_min:
             self._write_store()
 
