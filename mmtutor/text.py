@@ -243,7 +243,7 @@ class MiniLM(TextEncoder):
         self.persist = True
         self._pooled: dict[str, torch.Tensor] = {}       # caption -> (D,) pooled feature, CPU
         self._tokens: dict[str, torch.Tensor] = {}       # caption -> (n, D) token features, CPU
-        self._store: dict | None = None                  # what the disk file held when last read
+        self._store_read = None                          # the feature file last read (a Path), if any
 
     def train(self, mode: bool = True):  # frozen: always in eval mode (no dropout)
         return super().train(False)
@@ -294,9 +294,9 @@ class MiniLM(TextEncoder):
 
     def _read_store(self):
         path = self.store_path()
-        if self._store is not None and self._store.get("path") == path:
+        if self._store_read == path:
             return
-        self._store = {"path": path, "n": 0}
+        self._store_read = path
         if not path.exists():
             return
         try:
@@ -311,17 +311,15 @@ class MiniLM(TextEncoder):
             return
         for c, f in zip(caps, pooled):
             self._pooled.setdefault(c, f)
-        self._store["n"] = len(caps)
 
     def _write_store(self):
         path = self.store_path()
-        self._store = None
+        self._store_read = None
         self._read_store()                     # another process may have added captions meanwhile
         caps = list(self._pooled)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         torch.save({"captions": caps, "pooled": torch.stack([self._pooled[c] for c in caps])}, tmp)
         os.replace(tmp, path)                  # atomic: a reader sees the old file or the new one
-        self._store = {"path": path, "n": len(caps)}
 
     # ---------------------------------------------------------------- the interface
     def encode(self, captions):

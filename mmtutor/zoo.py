@@ -82,6 +82,12 @@ def cache_key(kind: str, module: str, payload: dict) -> str:
     return f"{kind}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
 
 
+def _wording(prof: runtime.Profile) -> dict:
+    """What a model's cache key needs of the caption bank's wording (shares of extra templates
+    and of captions with neutral words): the same pool images, other captions, another model."""
+    return {"augment": prof.caption_augment, "noise": prof.caption_noise}
+
+
 def _path(kind: str, module: str, payload: dict) -> Path:
     return cache_dir() / f"{cache_key(kind, module, payload)}.pt"
 
@@ -142,7 +148,7 @@ def aligner(world: World, prof: runtime.Profile, config: AlignConfig | None = No
     config = config or AlignConfig(image_size=world.image_size)
     path = _path("align", "align", {"world": world.config(), "config": asdict(config), "steps": prof.align_steps,
                                     "batch": prof.align_batch, "pool": prof.pool_size, "seed": seed,
-                                    "augment": prof.caption_augment, "noise": prof.caption_noise, "bf16": prof.bf16})
+                                    **_wording(prof), "bf16": prof.bf16})
     if path.exists():
         m = DualEncoder.load(path, map_location=dev)
         return m, _info(path, True, m.history, m.history.get("total_seconds", 0.0))
@@ -173,7 +179,7 @@ def gan(world: World, prof: runtime.Profile, config: GANConfig | None = None, se
     n_images = n_images or prof.pool_size
     path = _path("gan", "gan", {"world": world.config(), "config": asdict(config), "steps": steps, "pool": n_images,
                                 "batch": prof.batch_size, "seed": seed, "snapshots": SNAPSHOT_CAPTIONS,
-                                "augment": prof.caption_augment, "noise": prof.caption_noise, "bf16": prof.bf16})
+                                **_wording(prof), "bf16": prof.bf16})
     return _cached(path, ConditionalGAN, config, world, prof, seed, dev, progress,
                    lambda g: g.fit(pool(world, prof, n_images=n_images, seed=seed),
                                    TrainConfig(steps=steps, batch_size=prof.batch_size, seed=seed, bf16=prof.bf16,
@@ -226,8 +232,8 @@ def vae(world: World, prof: runtime.Profile, config: VAEConfig | None = None, se
     steps = steps or prof.vae_steps
     n_images = n_images or prof.pool_size
     path = _path("vae", "vae", {"world": world.config(), "config": asdict(config), "steps": steps, "pool": n_images,
-                                "batch": prof.vae_batch, "seed": seed, "augment": prof.caption_augment,
-                                "noise": prof.caption_noise, "bf16": prof.bf16})
+                                "batch": prof.vae_batch, "seed": seed, **_wording(prof),
+                                "bf16": prof.bf16})
     return _cached(path, ConditionalVAE, config, world, prof, seed, dev, progress,
                    lambda m: m.fit(pool(world, prof, n_images=n_images, seed=seed),
                                    TrainConfig(steps=steps, batch_size=prof.vae_batch, seed=seed, bf16=prof.bf16,
@@ -254,7 +260,7 @@ def diffusion(world: World, prof: runtime.Profile, config: DiffusionConfig | Non
     n_images = n_images or prof.pool_size
     path = _path("diffusion", "diffusion", {"world": world.config(), "config": asdict(config), "steps": steps,
                                             "pool": n_images, "batch": prof.diffusion_batch, "seed": seed,
-                                            "augment": prof.caption_augment, "noise": prof.caption_noise, "bf16": prof.bf16})
+                                            **_wording(prof), "bf16": prof.bf16})
     return _cached(path, DiffusionModel, config, world, prof, seed, dev, progress,
                    lambda m: m.fit(pool(world, prof, n_images=n_images, seed=seed),
                                    TrainConfig(steps=steps, batch_size=prof.diffusion_batch, seed=seed, bf16=prof.bf16,

@@ -159,11 +159,11 @@ def fresh_minilm_cache(minilm, monkeypatch, tmp_path):
     """The shared MiniLM with empty in-memory caches (restored afterwards), a cache folder of
     its own and a low threshold for keeping features on disk (a handful of captions is a bank)."""
     monkeypatch.setenv("MMTUTOR_CACHE", str(tmp_path))
-    saved = minilm._pooled, minilm._tokens, minilm._store
-    minilm._pooled, minilm._tokens, minilm._store = {}, {}, None
+    saved = minilm._pooled, minilm._tokens, minilm._store_read
+    minilm._pooled, minilm._tokens, minilm._store_read = {}, {}, None
     monkeypatch.setattr(minilm, "persist_min", 3)
     yield minilm
-    minilm._pooled, minilm._tokens, minilm._store = saved
+    minilm._pooled, minilm._tokens, minilm._store_read = saved
 
 
 BANK = ["a red apple on the table", "a tiny blue star beneath the table", "there is a big green cone left of the table",
@@ -175,7 +175,7 @@ def test_minilm_features_survive_the_process(fresh_minilm_cache, tmp_path, monke
     first = m.encode(BANK)
     assert m.store_path().parent == tmp_path and m.store_path().exists()
     # a new process: nothing in memory; the model itself must not run again for these captions
-    m._pooled, m._tokens, m._store = {}, {}, None
+    m._pooled, m._tokens, m._store_read = {}, {}, None
     with monkeypatch.context() as mp:
         mp.setattr(m, "forward", lambda **_: pytest.fail("MiniLM ran although the features were on disk"))
         again = m.encode(list(reversed(BANK)))
