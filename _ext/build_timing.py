@@ -67,14 +67,20 @@ def fill(app, doctree, docname):
         for doc in sorted(chapters):                      # notebooks are numbered in reading order
             c = chapters[doc]
             total += c["seconds"]
-            rows.append([titles[doc], f"{c['seconds']:.0f} s", f"{c['device']}, {c['profile']}, {c['precision']}"])
-        rows.append(["all chapters", f"{total:.0f} s ({total / 60:.1f} min)", ""])
+            rate = f"{c['matmul_gflops']:.0f}" if "matmul_gflops" in c else "not recorded"
+            rows.append([titles[doc], f"{c['seconds']:.0f} s", f"{c['device']}, {c['profile']}, {c['precision']}", rate])
+        rows.append(["all chapters", f"{total:.0f} s ({total / 60:.1f} min)", "", ""])
         m = data.get("machine", {})
         amx = "with AMX" if m.get("amx") else "without AMX"
         caption = nodes.paragraph(text=(f"Measured by the build that produced this page, on {m.get('cpu', '?')} "
                                         f"({amx}), {m.get('cores', '?')} cores, {m.get('torch_threads', '?')} torch "
-                                        f"threads, torch {m.get('torch', '?')}, {data.get('date', '')}."))
-        node.replace_self([_table(rows, ["chapter", "run time", "device, profile, precision"]), caption])
+                                        f"threads, torch {m.get('torch', '?')}, {data.get('date', '')}. The last "
+                                        "column is how fast the machine multiplied float32 matrices as the chapter "
+                                        "ended (GFLOP/s, mmtutor.runtime.matmul_rate): the same kind of cloud "
+                                        "machine has measured anywhere from 150 to 325 on two cores, and chapter "
+                                        "times scale with it."))
+        node.replace_self([_table(rows, ["chapter", "run time", "device, profile, precision", "matmul GFLOP/s"]),
+                           caption])
 
 
 def setup(app):

@@ -46,36 +46,42 @@ SYNONYMS = {
     "color": {c: [c] for c in ("red", "orange", "yellow", "green", "blue", "purple", "pink", "white")},
 }
 
-# Caption templates. Fields in braces are filled with a synonym of the attribute value;
-# a template lists the attributes it cannot do without (``object`` is always required).
-# ``{a}`` is the article "a"/"an", chosen from the word that follows it.
-TEMPLATES = [
-    ("{a} {size} {color} {object} {relation}", ()),
-    ("there is {a} {size} {color} {object} {relation}", ()),
-    ("a photo of {a} {size} {color} {object} {relation}", ()),
-    ("you can see {a} {size} {color} {object} {relation}", ()),
-    ("{relation} there is {a} {size} {color} {object}", ("relation",)),
-    ("{relation} sits {a} {size} {color} {object}", ("relation",)),
-    ("the {object} {relation} is {color} and {size}", ("color", "size")),
-]
+# Caption templates. Fields in braces are filled with a synonym of the attribute value; a
+# field written with "!" ({relation!}) is one the template cannot do without (``object`` is
+# always required), so a caption that leaves that attribute out never uses it. ``{a}`` is the
+# article "a"/"an", chosen from the word that follows it. Each list holds (text, needs) pairs.
+def _templates(*texts: str) -> list[tuple[str, tuple[str, ...]]]:
+    """("{relation!} sits {a} {object}", ...) -> [("{relation} sits {a} {object}", ("relation",)), ...]"""
+    return [(text.replace("!}", "}"), tuple(re.findall(r"\{([a-z]+)!\}", text))) for text in texts]
+
+
+TEMPLATES = _templates(
+    "{a} {size} {color} {object} {relation}",
+    "there is {a} {size} {color} {object} {relation}",
+    "a photo of {a} {size} {color} {object} {relation}",
+    "you can see {a} {size} {color} {object} {relation}",
+    "{relation!} there is {a} {size} {color} {object}",
+    "{relation!} sits {a} {size} {color} {object}",
+    "the {object} {relation} is {color!} and {size!}",
+)
 
 # Words of the templates that carry no attribute.
 FILLER = {"a", "an", "the", "there", "is", "photo", "of", "you", "can", "see", "sits", "and"}
 
 # Extra phrasings a training pool may add (never used for evaluation). None of their extra
 # words ("image", "snapshot", "located", ...) occurs in FREE_TEMPLATES (a test checks).
-AUGMENT_TEMPLATES = [
-    ("an image of {a} {size} {color} {object} {relation}", ()),
-    ("a snapshot showing {a} {size} {color} {object} {relation}", ()),
-    ("{a} {size} {object} that is {color} {relation}", ()),
-    ("we see {a} {size} {color} {object} located {relation}", ()),
-    ("{relation} stands {a} {size} {color} {object}", ("relation",)),
-    ("here is {a} {size} {color} {object} {relation}", ()),
-    ("{a} {color} {object} which is {size} {relation}", ()),
-    ("the frame holds {a} {size} {color} {object} {relation}", ()),
-    ("{a} {size} {color} {object} standing {relation}", ()),
-    ("look at the {size} {color} {object} {relation}", ()),
-]
+AUGMENT_TEMPLATES = _templates(
+    "an image of {a} {size} {color} {object} {relation}",
+    "a snapshot showing {a} {size} {color} {object} {relation}",
+    "{a} {size} {object} that is {color} {relation}",
+    "we see {a} {size} {color} {object} located {relation}",
+    "{relation!} stands {a} {size} {color} {object}",
+    "here is {a} {size} {color} {object} {relation}",
+    "{a} {color} {object} which is {size} {relation}",
+    "the frame holds {a} {size} {color} {object} {relation}",
+    "{a} {size} {color} {object} standing {relation}",
+    "look at the {size} {color} {object} {relation}",
+)
 
 # Words that say nothing about a scene's colour, object, size or position, which a training
 # pool may scatter into its captions (``PairPool(..., noise=...)``, ``describe(..., noise=True)``):

@@ -185,6 +185,28 @@ def machine(dev: torch.device | None = None, bf16: bool = True) -> dict:
             "python": platform.python_version()}
 
 
+def matmul_rate(dev: torch.device | None = None, n: int = 1024, repeats: int = 8) -> float:
+    """How fast this machine multiplies matrices *now*, in GFLOP/s: the best of ``repeats``
+    float32 n x n products on ``dev`` with the current torch threads (about a tenth of a second
+    on two CPU cores). Cloud machines of one kind differ, and one machine's speed drifts with
+    its neighbours' load (this project has measured 325 and 150 GFLOP/s on the same 2-core
+    instance type), so a timing means little without the speed it was measured at."""
+    import time
+    dev = dev or device()
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    times = []
+    for _ in range(repeats + 1):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t = time.perf_counter()
+        a @ b
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        times.append(time.perf_counter() - t)
+    best = min(times[1:])                        # the first product warms up (allocations, kernels)
+    return 2 * n ** 3 / best / 1e9
+
+
 def autocast(dev: torch.device, enabled: bool):
     """bfloat16 autocast where it is supported and asked for; a no-op context otherwise."""
     return torch.autocast(device_type=dev.type, dtype=torch.bfloat16,
@@ -201,7 +223,8 @@ def describe(dev: torch.device, prof: Profile, seed: int) -> str:
 
 def record_chapter(chapter: str, seconds: float, dev: torch.device, prof: Profile) -> None:
     """Add a chapter's run time to ``$MMTUTOR_TIMING_FILE`` (``make book`` sets it; the preface's
-    table is built from it). Does nothing when the variable is not set (Colab, JupyterLab)."""
+    table is built from it), with the machine's matrix-multiply speed measured as the chapter
+    ends (``matmul_rate``). Does nothing when the variable is not set (Colab, JupyterLab)."""
     path = os.environ.get("MMTUTOR_TIMING_FILE")
     if not path:
         return
@@ -213,14 +236,15 @@ def record_chapter(chapter: str, seconds: float, dev: torch.device, prof: Profil
     data["machine"] = machine(dev, prof.bf16)
     data["date"] = time.strftime("%Y-%m-%d")
     data.setdefault("chapters", {})[chapter] = {"seconds": round(float(seconds), 1), "device": str(dev),
-                                                "profile": prof.name, "precision": precision(dev, prof.bf16)}
+                                                "profile": prof.name, "precision": precision(dev, prof.bf16),
+                                                "matmul_gflops": round(matmul_rate(dev), 1)}
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, p)
 
 
-__all__ = ["record_chapter", "device", "Profile", "PROFILES", "profile", "seed_everything", "autocast", "describe", "machine",
+__all__ = ["record_chapter", "matmul_rate", "device", "Profile", "PROFILES", "profile", "seed_everything", "autocast", "describe", "machine",
            "cpu_model", "precision", "bf16_supported", "PROFILE_ENV"]
 
 

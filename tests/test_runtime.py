@@ -75,6 +75,31 @@ def test_describe_names_device_profile_and_seed():
     assert "device: cpu" in line and "profile: smoke" in line and "seed: 7" in line
 
 
+def test_matmul_rate_is_a_plausible_speed():
+    rate = runtime.matmul_rate(torch.device("cpu"), n=256, repeats=3)
+    assert 0.1 < rate < 1e6          # GFLOP/s: a CPU core does at least 0.1, no machine a petaflop
+
+
+def test_record_chapter_keeps_seconds_and_the_machine_speed(tmp_path, monkeypatch):
+    path = tmp_path / "timing.json"
+    monkeypatch.setenv("MMTUTOR_TIMING_FILE", str(path))
+    runtime.record_chapter("notebooks/01_x", 12.34, torch.device("cpu"), runtime.profile("smoke"))
+    runtime.record_chapter("notebooks/02_y", 5.0, torch.device("cpu"), runtime.profile("smoke"))
+    import json
+    data = json.loads(path.read_text())
+    assert set(data["chapters"]) == {"notebooks/01_x", "notebooks/02_y"}
+    ch = data["chapters"]["notebooks/01_x"]
+    assert ch["seconds"] == 12.3 and ch["profile"] == "smoke" and ch["matmul_gflops"] > 0
+    assert data["machine"]["cpu"] and "amx" in data["machine"]
+
+
+def test_record_chapter_without_the_variable_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.delenv("MMTUTOR_TIMING_FILE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    runtime.record_chapter("notebooks/01_x", 1.0, torch.device("cpu"), runtime.profile("smoke"))
+    assert not list(tmp_path.iterdir())
+
+
 def test_autocast_disabled_is_a_no_op():
     with runtime.autocast(torch.device("cpu"), enabled=False):
         y = torch.ones(2, 2) @ torch.ones(2, 2)

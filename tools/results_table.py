@@ -128,7 +128,9 @@ def families_rows(d: dict) -> list[tuple[str, str]]:
 
 
 def timing_rows(d: dict) -> list[tuple[str, str]]:
-    rows = [(f"`{c.split('/')[-1]}`", f"{v['seconds']:.0f} s") for c, v in sorted(d["chapters"].items())]
+    rows = [(f"`{c.split('/')[-1]}`", f"{v['seconds']:.0f} s"
+             + (f" (matmul {v['matmul_gflops']:.0f} GFLOP/s)" if "matmul_gflops" in v else ""))
+            for c, v in sorted(d["chapters"].items())]
     total = sum(v["seconds"] for v in d["chapters"].values())
     rows.append(("all chapters", f"{total:.0f} s"))
     if d.get("make_book_wall_seconds"):
