@@ -21,8 +21,10 @@ alternating training step. What follows the papers:
   D(x, t) = psi(phi(x)) + <phi(x), W t>;
 * spectral normalisation of D (Miyato et al. 2018), the hinge loss (Lim & Ye 2017;
   SAGAN, Zhang et al. 2019), two time-scale learning rates (TTUR, Heusel et al. 2017), an
-  exponential moving average of G's weights (Karras et al. 2018; Yazici et al. 2019) and a
-  mode-seeking term (Mao et al. 2019).
+  exponential moving average of G's weights (Karras et al. 2018; Yazici et al. 2019), a
+  mode-seeking term (Mao et al. 2019) and conditioning augmentation -- G trains on caption
+  features with a little Gaussian noise added (after StackGAN, Zhang et al. 2017, without its
+  learned variance).
 
 Three recipes: ``GANConfig()`` is the book's; ``GANConfig.ablation()`` switches the last
 group off but keeps the rest (an ablation of the book's recipe); ``GANConfig.reed2016()`` is
@@ -70,6 +72,11 @@ class GANConfig:
     betas: tuple = (0.0, 0.9)
     mismatch_weight: float = 0.5   # weight of (real image, wrong text) among D's fakes; 0 = plain conditional GAN
     interp_fraction: float = 0.25  # share of G's batch conditioned on interpolated captions (GAN-INT)
+    text_noise: float = 0.2        # conditioning augmentation: Gaussian noise of this standard deviation added
+                                   # to G's caption features while it trains (normalised units; the
+                                   # features' mean square is 1 per direction), so G also learns to draw
+                                   # from features a little off the training captions' -- where a caption
+                                   # phrased outside the grammar lands; 0 = off
     text_norm: str = "discriminant"  # sentence vector: "discriminant" (scene directions, see condition.py),
                                      # "zscore" (each feature standardised) or "raw"
     text_dims: int = 24            # directions kept by the discriminant projection
@@ -103,6 +110,7 @@ class GANConfig:
             checks.number(b, f"betas[{i}]", 0.0, 1.0, high_open=True)
         checks.fraction(self.mismatch_weight, "mismatch_weight")
         checks.fraction(self.interp_fraction, "interp_fraction", open_high=True)
+        checks.number(self.text_noise, "text_noise", 0.0, 10.0)
         checks.number(self.diversity_weight, "diversity_weight", low=0.0)
         checks.choice(self.diversity_target, "diversity_target", ("caption", "combination"))
         checks.number(self.pair_weight, "pair_weight", low=0.0)
@@ -111,19 +119,20 @@ class GANConfig:
     @classmethod
     def ablation(cls, **kw) -> "GANConfig":
         """The book's recipe without its modern parts: BCE loss, batch norm instead of spectral
-        norm in D, no EMA, one learning rate, no mode-seeking term. It keeps the projection
+        norm in D, no EMA, one learning rate, no mode-seeking term, no conditioning
+        augmentation. It keeps the projection
         discriminator, the normalised MiniLM features and GAN-INT-CLS."""
         base = dict(loss="bce", norm="batch", ema_decay=0.0, lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999),
-                    diversity_weight=0.0)
+                    diversity_weight=0.0, text_noise=0.0)
         return cls(**{**base, **kw})
 
     @classmethod
     def reed2016(cls, **kw) -> "GANConfig":
         """Reed et al. 2016 (GAN-INT-CLS) as published: D concatenates (compressed) text with
         its 4x4 image features, batch norm, BCE, raw sentence features, no SN/EMA/TTUR/diversity
-        term; matching-aware D and text interpolation kept."""
+        term/conditioning augmentation; matching-aware D and text interpolation kept."""
         base = dict(d_condition="concat", loss="bce", norm="batch", ema_decay=0.0, lr_g=2e-4, lr_d=2e-4,
-                    betas=(0.5, 0.999), diversity_weight=0.0, text_norm="raw", cond_dim=128)
+                    betas=(0.5, 0.999), diversity_weight=0.0, text_norm="raw", cond_dim=128, text_noise=0.0)
         return cls(**{**base, **kw})
 
     @property
@@ -393,6 +402,10 @@ class ConditionalGAN(TextToImage):
             z_d = torch.randn(train.batch_size, cfg.z_dim, generator=gen)
             z_g = torch.randn(train.batch_size, cfg.z_dim, generator=gen)
             partner = cap[torch.randperm(train.batch_size, generator=gen)]  # GAN-INT: another batch caption
+            jitter = None                                                    # conditioning augmentation
+            if cfg.text_noise > 0:
+                jitter = distributed.shard(cfg.text_noise * torch.randn(train.batch_size, bank.pooled.shape[1],
+                                                                        generator=gen), ctx)
             real, cap, wrong, z_d, z_g, partner = (distributed.shard(x, ctx) for x in (real, cap, wrong, z_d, z_g, partner))
             real = real.to(dev, memory_format=torch.channels_last)
             text, text_wrong = bank[cap.to(bank.pooled.device)], bank[wrong.to(bank.pooled.device)]
@@ -402,6 +415,8 @@ class ConditionalGAN(TextToImage):
             if len(layout.interp):
                 mix = bank[partner[src][layout.interp].to(bank.pooled.device)]
                 g_text = _replace(g_text, layout.interp.to(dev), g_text[layout.interp.to(dev)].mix(mix, 0.5))
+            if jitter is not None:                                          # pairs share their noise too
+                g_text = TextCondition(g_text.pooled + jitter[src].to(dev), g_text.tokens, g_text.mask)
             targets = div_target[cap.to(dev)[layout.first.to(dev)]] if div_target is not None else None
             g_loss = self._generator_step(G, D, opt_g, z_g.to(dev), g_text, layout, targets, train.bf16)
             loop.check(d_loss=d_loss, g_loss=g_loss)

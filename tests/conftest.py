@@ -41,6 +41,14 @@ ALIGN_BATCH = 32
 
 
 # ------------------------------------------------------------------------ environment
+def train_tiny(model_cls, config, world, pool, steps: int):
+    """A small generator (VAE, diffusion) trained from seed 0 on the smoke pool for a few seconds."""
+    torch.manual_seed(0)
+    model = model_cls(config, world, device="cpu")
+    model.fit(pool, mm.TrainConfig(steps=steps, batch_size=32, seed=0, progress=False, log_every=10))
+    return model
+
+
 @pytest.fixture(scope="session")
 def cache_root(tmp_path_factory):
     return tmp_path_factory.mktemp("mmtutor-cache")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import mmtutor as mm
+from conftest import train_tiny
 from mmtutor import diffusion as dm
 from mmtutor.checkpoint import CheckpointError
 from mmtutor.losses import diffusion_loss, min_snr_weight
@@ -181,10 +182,7 @@ def test_samplers_recover_the_one_image_an_oracle_knows(world, prediction, sampl
 @pytest.fixture(scope="module")
 def trained(world, pool):
     """A tiny pixel-space model trained for 60 steps (a few seconds)."""
-    torch.manual_seed(0)
-    model = dm.DiffusionModel(dm.DiffusionConfig(**TINY, lr=3e-3), world, device="cpu")
-    model.fit(pool, mm.TrainConfig(steps=60, batch_size=32, seed=0, progress=False, log_every=10))
-    return model
+    return train_tiny(dm.DiffusionModel, dm.DiffusionConfig(**TINY, lr=3e-3), world, pool, steps=60)
 
 
 def test_training_lowers_the_loss_and_keeps_a_history(trained):

@@ -266,30 +266,57 @@ def _check_recovered(gan, path, steps_done):
         assert torch.equal(v, gan.G.state_dict()[k]), k
 
 
-def test_divergence_restores_last_good_state(make_gan, pool, tmp_path):
-    gan = make_gan()
-    path = tmp_path / "gan.pt"
+@pytest.mark.parametrize("break_at, match, steps_done", [
     # checkpoints after steps 2 and 4 (i = 1, 3); weights broken after i = 4; the next D loss is NaN
-    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf).*restored"):
-        gan.fit(pool, steps=20, batch_size=8, seed=0, bf16=False, progress=False, checkpoint=str(path),
-                checkpoint_every=2, callback=_break_generator_at(4))
-    _check_recovered(gan, path, steps_done=4)
-
-
-def test_divergence_right_after_a_checkpoint_step(make_gan, pool, tmp_path):
-    """Weights that break on the very step that ends a checkpoint interval must not become
-    the 'last good' state (nor be written to the checkpoint file)."""
+    (4, r"loss became (nan|inf).*restored", 4),
+    # weights that break on the very step that ends a checkpoint interval must not become the
+    # 'last good' state (nor be written to the checkpoint file)
+    (3, r"(loss|weight) became (nan|inf|NaN)", 2),
+], ids=["between-checkpoints", "on-a-checkpoint-step"])
+def test_divergence_restores_the_last_good_state(make_gan, pool, tmp_path, break_at, match, steps_done):
     gan = make_gan()
     path = tmp_path / "gan.pt"
-    with pytest.raises(TrainingDiverged, match=r"(loss|weight) became (nan|inf|NaN)"):
+    with pytest.raises(TrainingDiverged, match=match):
         gan.fit(pool, steps=20, batch_size=8, seed=0, bf16=False, progress=False, checkpoint=str(path),
-                checkpoint_every=2, callback=_break_generator_at(3))
-    _check_recovered(gan, path, steps_done=2)
+                checkpoint_every=2, callback=_break_generator_at(break_at))
+    _check_recovered(gan, path, steps_done=steps_done)
 
 
 def test_absurd_learning_rates_are_refused(world, smoke):
     with pytest.raises(ValueError, match=r"lr_g must be in \(0, 1\], got 1e\+30"):
         mm.zoo.gan_config(world, smoke, lr_g=1e30)
+
+
+def test_conditioning_augmentation_is_checked_and_off_in_the_older_recipes(world, smoke):
+    with pytest.raises(ValueError, match=r"text_noise must be in \[0(\.0)?, 10(\.0)?\], got -0.1"):
+        mm.zoo.gan_config(world, smoke, text_noise=-0.1)
+    assert mm.zoo.gan_config(world, smoke).text_noise > 0
+    assert mm.zoo.gan_config(world, smoke, recipe="reed2016").text_noise == 0
+    assert mm.zoo.gan_config(world, smoke, recipe="ablation").text_noise == 0
+
+
+def test_conditioning_augmentation_feeds_g_noisy_features_that_pairs_share(make_gan, pool):
+    """G's caption features differ from the bank's by Gaussian noise of std text_noise, and the
+    two images of a diversity pair still share one condition; D reads the clean features."""
+    gan = make_gan(text_noise=0.5)
+    seen = {}
+    real_g, real_d = gan._generator_step, gan._discriminator_step
+    def g_step(G, D, opt, z, g_text, layout, *a):
+        seen["g"], seen["layout"] = g_text.pooled.detach().clone(), layout
+        return real_g(G, D, opt, z, g_text, layout, *a)
+    def d_step(G, D, opt, real, text, text_wrong, *a):
+        seen["d"] = text.pooled.detach().clone()
+        return real_d(G, D, opt, real, text, text_wrong, *a)
+    gan._generator_step, gan._discriminator_step = g_step, d_step
+    gan.fit(pool, steps=1, batch_size=16, seed=0, bf16=False, progress=False)
+    layout = seen["layout"]
+    clean = seen["d"][layout.caption_source]
+    first = layout.first                                   # a pair: positions first and first + 1
+    noise = (seen["g"] - clean)[first]
+    assert 0.3 < float(noise.std()) < 0.7
+    torch.testing.assert_close(seen["g"][first], seen["g"][first + 1])
+    bank = gan.condition(pool.captions)
+    assert any(torch.allclose(row, b) for row in seen["d"][:1] for b in bank.pooled)   # D: clean features
 
 
 def test_broken_starting_weights_are_refused_before_training(make_gan, pool, tmp_path):

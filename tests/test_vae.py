@@ -8,6 +8,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 import mmtutor as mm
+from conftest import train_tiny
 from mmtutor import vae as V
 from mmtutor.checkpoint import CheckpointError
 from mmtutor.losses import elbo_loss, gaussian_kl
@@ -110,10 +111,7 @@ def test_config_errors():
 # ------------------------------------------------------------------------ training and sampling
 @pytest.fixture(scope="module")
 def trained(world, pool):
-    torch.manual_seed(0)
-    model = V.ConditionalVAE(V.VAEConfig(**SMALL, lr=3e-3), world, device="cpu")
-    model.fit(pool, mm.TrainConfig(steps=80, batch_size=32, seed=0, progress=False, log_every=10))
-    return model
+    return train_tiny(V.ConditionalVAE, V.VAEConfig(**SMALL, lr=3e-3), world, pool, steps=80)
 
 
 def test_training_lowers_the_elbo_and_beats_chance(trained, world, judge):
