@@ -149,7 +149,7 @@ def main():
     if "book" not in chosen:
         raise SystemExit("--recipes must include book (the targets are the book recipe's)")
     runs = []
-    for recipe, seeds in (("reed2016", args.seeds), ("book", args.seeds), ("plainbank", args.seeds),
+    for recipe, seeds in (("book", args.seeds), ("plainbank", args.seeds), ("reed2016", args.seeds),
                           ("ablation", args.seeds[:1]), ("zscore", args.seeds[:1])):
         if recipe in chosen:
             for seed in seeds:
