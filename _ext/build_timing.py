@@ -75,10 +75,10 @@ def fill(app, doctree, docname):
         caption = nodes.paragraph(text=(f"Measured by the build that produced this page, on {m.get('cpu', '?')} "
                                         f"({amx}), {m.get('cores', '?')} cores, {m.get('torch_threads', '?')} torch "
                                         f"threads, torch {m.get('torch', '?')}, {data.get('date', '')}. The last "
-                                        "column is how fast the machine multiplied float32 matrices as the chapter "
-                                        "ended (GFLOP/s, mmtutor.runtime.matmul_rate): the same kind of cloud "
-                                        "machine has measured anywhere from 150 to 325 on two cores, and chapter "
-                                        "times scale with it."))
+                                        "column is how fast the machine multiplied 1024 x 1024 float32 matrices as "
+                                        "the chapter ended (GFLOP/s, mmtutor.runtime.matmul_rate): a cloud "
+                                        "machine's speed drifts with the load of others on its host, and chapter "
+                                        "times move with it."))
         node.replace_self([_table(rows, ["chapter", "run time", "device, profile, precision", "matmul GFLOP/s"]),
                            caption])
 

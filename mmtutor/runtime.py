@@ -189,8 +189,9 @@ def matmul_rate(dev: torch.device | None = None, n: int = 1024, repeats: int = 8
     """How fast this machine multiplies matrices *now*, in GFLOP/s: the best of ``repeats``
     float32 n x n products on ``dev`` with the current torch threads (about a tenth of a second
     on two CPU cores). Cloud machines of one kind differ, and one machine's speed drifts with
-    its neighbours' load (this project has measured 325 and 150 GFLOP/s on the same 2-core
-    instance type), so a timing means little without the speed it was measured at."""
+    the load of others on its host (on the 2-core AMD EPYC behind this book's numbers, 2048-wide
+    products ran at 145-151 GFLOP/s one evening and 184-186 another), so a timing means little
+    without the speed it was measured at."""
     import time
     dev = dev or device()
     a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
