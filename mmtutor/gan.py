@@ -73,8 +73,8 @@ class GANConfig:
     mismatch_weight: float = 0.5   # weight of (real image, wrong text) among D's fakes; 0 = plain conditional GAN
     interp_fraction: float = 0.25  # share of G's batch conditioned on interpolated captions (GAN-INT)
     text_noise: float = 0.0        # conditioning augmentation (after StackGAN): Gaussian noise of this standard
-                                   # deviation added to G's caption features while it trains (normalised units,
-                                   # mean square 1 per direction), pairs sharing it; 0 = off. Measured with 0.2
+                                   # deviation added to the sentence vector G reads while it trains (normalised
+                                   # units, mean square 1 per direction), pairs sharing it; 0 = off. Measured with 0.2
                                    # (bench/gan_bench.py protocol, 3 seeds, commit 0336992, not kept in gan.json):
                                    # seen 0.954 vs 0.963, held-out 0.902 vs 0.918, free phrasings 0.847 vs
                                    # 0.843 -- it does not help here, so the book leaves it off
