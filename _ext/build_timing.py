@@ -64,12 +64,21 @@ def fill(app, doctree, docname):
         chapters = data.get("chapters", {})
         titles = {d: app.env.titles[d].astext() if d in app.env.titles else d for d in chapters}
         rows, total = [], 0.0
+        models = data.get("models")
+        if models:                                        # `python -m mmtutor prepare`, before the chapters
+            total += models["seconds"]
+            trained = [m for m, v in models.get("models", {}).items() if not v.get("cached")]
+            what = (f"training the book's models first ({len(trained)} trained, "
+                    f"{models['jobs']} processes x {models['threads_per_job']} threads)")
+            rate = f"{models['matmul_gflops']:.0f}" if "matmul_gflops" in models else "not recorded"
+            rows.append([what, f"{models['seconds']:.0f} s",
+                         f"{models['device']}, {models['profile']}, {models.get('precision', '?')}", rate])
         for doc in sorted(chapters):                      # notebooks are numbered in reading order
             c = chapters[doc]
             total += c["seconds"]
             rate = f"{c['matmul_gflops']:.0f}" if "matmul_gflops" in c else "not recorded"
             rows.append([titles[doc], f"{c['seconds']:.0f} s", f"{c['device']}, {c['profile']}, {c['precision']}", rate])
-        rows.append(["all chapters", f"{total:.0f} s ({total / 60:.1f} min)", "", ""])
+        rows.append(["models and chapters" if models else "all chapters", f"{total:.0f} s ({total / 60:.1f} min)", "", ""])
         m = data.get("machine", {})
         amx = "with AMX" if m.get("amx") else "without AMX"
         caption = nodes.paragraph(text=(f"Measured by the build that produced this page, on {m.get('cpu', '?')} "

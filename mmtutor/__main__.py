@@ -4,6 +4,7 @@
     python -m mmtutor generate "a red apple on the table" --out apple.png
     python -m mmtutor evaluate --checkpoint gan.pt
     torchrun --nproc_per_node=2 -m mmtutor train --out gan.pt     # DistributedDataParallel, 2 processes
+    python -m mmtutor prepare                    # train the book's models ahead (make book does)
 
 Run ``python -m mmtutor COMMAND --help`` for the options of each command. Every expected
 error (a bad option, an unreadable checkpoint, a caption the model cannot read, a file that
@@ -188,6 +189,17 @@ def cmd_caption(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    from . import prepare
+    dev = runtime.device(args.device)
+    prof = runtime.profile(args.profile, dev)
+    info = prepare.prepare(prof.name, args.device, jobs=args.jobs, seed=args.seed,
+                           models=tuple(args.models) if args.models else prepare.BOOK_MODELS,
+                           log=lambda line: print(line, file=sys.stderr, flush=True))
+    runtime.record_models(info, dev, prof)
+    return 0
+
+
 # ------------------------------------------------------------------------ the parser
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m mmtutor", description=__doc__.split("\n")[0], epilog=EPILOG,
@@ -252,7 +264,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", action="store_true", help="scale a square image of another size (default: refuse)")
     _common(p)
     p.set_defaults(func=cmd_caption)
+
+    about = ("Train (into the model cache) every model the chapters load that is not there yet: on a CPU in two "
+             "processes of half the threads each, which uses two cores better than one process does (make book "
+             "runs this first).")
+    p = sub.add_parser("prepare", help="train the models the book's chapters load, in parallel processes",
+                       description=about)
+    p.set_defaults(func=cmd_prepare)
+    _common(p)
+    p.add_argument("--jobs", type=_int_at_least(1, 256), default=None,
+                   help="training processes (default: 2 on a CPU with 2 or more cores, 1 on a GPU)")
+    p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                   help="only these (default: all of them): " + ", ".join(_book_models()))
     return parser
+
+
+def _book_models() -> tuple[str, ...]:
+    from .prepare import BOOK_MODELS
+    return BOOK_MODELS
 
 
 EXPECTED = (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError, OSError,

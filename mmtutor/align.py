@@ -68,7 +68,8 @@ class DualEncoder(nn.Module):
         d = text_encoder.dim if text_encoder is not None else load_minilm().dim
         self.text_proj = nn.Sequential(nn.Linear(d, 2 * config.embed_dim), nn.GELU(),
                                        nn.Linear(2 * config.embed_dim, config.embed_dim))
-        self.image_encoder = ImageEncoder(config.image_size, dim=2 * config.embed_dim, width=config.image_width)
+        self.image_encoder = runtime.channels_last(ImageEncoder(config.image_size, dim=2 * config.embed_dim,
+                                                                width=config.image_width))
         self.image_proj = nn.Linear(2 * config.embed_dim, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
         self.history: dict = {}

@@ -125,7 +125,7 @@ class Captioner(nn.Module):
                                                      if t != "[SEP]"]), persistent=False)
         # image side: the CNN trunk of vision.ImageEncoder, stopped at a grid x grid map
         k = (config.image_size // config.grid).bit_length() - 1    # stride-2 stages down to the grid
-        cnn = ImageEncoder(config.image_size, dim=config.dim, width=config.width)
+        cnn = runtime.channels_last(ImageEncoder(config.image_size, dim=config.dim, width=config.width))
         self.trunk = cnn.features[:3 * (1 + k)]                    # (N, 3, S, S) -> (N, c, G, G)
         # the rest of the encoder: down to 4x4, flattened, linear -> one whole-image vector
         self.rest = nn.Sequential(cnn.features[3 * (1 + k):], cnn.head) if config.global_token else None

@@ -296,10 +296,10 @@ class DiffusionModel(TextToImage):
                                   norm=config.text_norm, dims=config.text_dims)
         super().__init__(config, world, text)
         c, size, _ = config.data_shape
-        self.net = UNet(c, size, text.dim, config.channels, config.blocks, config.attention_levels,
-                        config.cross_attention, text.word_dim if config.cross_attention else None,
-                        config.emb_dim, self_condition=config.self_condition, coords=config.coords,
-                        text_map=config.text_map)
+        self.net = runtime.channels_last(UNet(c, size, text.dim, config.channels, config.blocks, config.attention_levels,
+                                              config.cross_attention, text.word_dim if config.cross_attention else None,
+                                              config.emb_dim, self_condition=config.self_condition,
+                                              coords=config.coords, text_map=config.text_map))
         self.ema = EMA(self.net, config.ema_decay, config.ema_rampup) if config.ema_decay > 0 else None
         self.net_ema = self.ema.model if self.ema is not None else None     # registered: saved with the model
         self.schedule = NoiseSchedule(config.timesteps, config.schedule)

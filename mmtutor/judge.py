@@ -86,6 +86,7 @@ class Judge(nn.Module):
         self.heads = nn.ModuleDict({k: nn.Linear(feat, len(v)) for k, v in self.attributes.items()})
         self.history: dict = {}
         self.accuracy: dict = {}          # accuracy on fresh real renders, filled by zoo / judge_accuracy
+        runtime.channels_last(self)
 
     @property
     def name(self) -> str:

@@ -104,6 +104,10 @@ def caption_rows(d: dict) -> list[tuple[str, str]]:
             ("captioner on real held-out renders, greedy / beam: joint attribute accuracy",
              f"{acc['heldout_greedy']['joint']:.3f} / {acc['heldout_beam']['joint']:.3f}"),
             ("captioner: corpus BLEU-4, greedy, held-out", f"{d['bleu']['corpus_bleu4_greedy_heldout']:.1f}")]
+    if "seeds" in d:
+        per = d["seeds"]["per_seed"]
+        rows.insert(2, (f"captioner, seeds {' / '.join(per)}: held-out joint accuracy, greedy",
+                        " / ".join(f"{v['heldout_greedy']['joint']:.3f}" for v in per.values())))
     rt = d.get("round_trip", {})
     for split in ("seen", "heldout"):
         r = rt.get(split)
@@ -132,7 +136,13 @@ def timing_rows(d: dict) -> list[tuple[str, str]]:
              + (f" (matmul {v['matmul_gflops']:.0f} GFLOP/s)" if "matmul_gflops" in v else ""))
             for c, v in sorted(d["chapters"].items())]
     total = sum(v["seconds"] for v in d["chapters"].values())
-    rows.append(("all chapters", f"{total:.0f} s"))
+    if d.get("models"):
+        m = d["models"]
+        rows.insert(0, (f"training the book's models first (`python -m mmtutor prepare`, {m['jobs']} processes x "
+                        f"{m['threads_per_job']} threads)", f"{m['seconds']:.0f} s"
+                        + (f" (matmul {m['matmul_gflops']:.0f} GFLOP/s)" if "matmul_gflops" in m else "")))
+        total += m["seconds"]
+    rows.append(("models and chapters" if d.get("models") else "all chapters", f"{total:.0f} s"))
     if d.get("make_book_wall_seconds"):
         w = d["make_book_wall_seconds"]
         rows.append((f"`make book` from a fresh clone ({d.get('model_cache', 'empty model cache')}, "
@@ -140,10 +150,23 @@ def timing_rows(d: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def speed_rows(d: dict) -> list[tuple[str, str]]:
+    rows = []
+    for model, per in d["models"].items():
+        book = per["book"]
+        for loop, b in book.items():
+            others = "; ".join(f"{v} {loops[loop]['ms_per_step_median']:.0f} ms (x{loops[loop]['throughput_vs_book']:.2f})"
+                               + (f", compile {max(loops[loop]['compile_s_all']):.0f} s" if v == "compile" else "")
+                               for v, loops in per.items() if v != "book")
+            rows.append((f"{loop}: ms per training step as the book trains; other settings (throughput against it)",
+                         f"{b['ms_per_step_median']:.0f} ms; {others}"))
+    return rows
+
+
 SECTIONS = [("book_timing", "Building the book", timing_rows), ("world", "World and judges", world_rows),
             ("align", "Contrastive alignment", align_rows), ("gan", "Conditional GAN", gan_rows),
             ("data_size", "Training-set size", data_size_rows), ("families", "GAN, VAE, diffusion", families_rows),
-            ("caption", "Image → text", caption_rows)]
+            ("caption", "Image → text", caption_rows), ("speed", "Training speed per step", speed_rows)]
 
 
 def table() -> str:
