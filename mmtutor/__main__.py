@@ -14,6 +14,7 @@ cannot be written) is one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -109,6 +110,8 @@ def _png_path(path: str) -> Path:
 # ------------------------------------------------------------------------ commands
 def cmd_train(args) -> int:
     dev, prof = _setup(args)
+    if args.fp32:
+        prof = dataclasses.replace(prof, bf16=False)
     ctx = distributed.init(dev)
     dev = distributed.device_for(ctx, dev)
     out = checkpoint.writable_path(args.out, "--out")                 # fail now, not after training
@@ -222,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generator updates (default: the profile's)")
     p.add_argument("--max-seconds", type=_positive_float, default=None, help="stop after this much wall time")
     p.add_argument("--log-every", type=_int_at_least(1), default=25, help="history entries every N steps (default 25)")
+    p.add_argument("--fp32", action="store_true",
+                   help="train in fp32 even where the profile would use bf16 autocast (CPUs with AMX, recent GPUs)")
     _common(p)
     p.set_defaults(func=cmd_train)
 

@@ -101,6 +101,7 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         from torch.distributed.nn.functional import all_reduce
         dims = [0] + list(range(2, x.ndim))                              # every axis but the channels
         shape = [1, -1] + [1] * (x.ndim - 2)
+        x = x.float()          # statistics in fp32, as batch norm under bf16 autocast computes them
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
         stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))   # (2C + 1,)
         c = x.shape[1]

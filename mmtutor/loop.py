@@ -224,13 +224,15 @@ class Loop:
         self.loss_postfix = {k: f"{v:.3f}" for k, v in list(values.items())[:3]}
 
     def finish(self) -> dict:
-        """Final checks and totals: ``steps``, ``total_seconds``, ``images_per_second``."""
+        """Final checks and totals: ``steps``, ``total_seconds``, ``images_per_second``, and the
+        ``torch_threads`` the seconds were measured with."""
         if not self._finite():
             self._diverged("a weight became NaN/inf")
         seconds = time.perf_counter() - self.t0
         self.history["steps"] = self.steps_run
         self.history["total_seconds"] = seconds
         self.history["images_per_second"] = self.steps_run * self.images_per_step / max(seconds, 1e-9)
+        self.history["torch_threads"] = torch.get_num_threads()
         if self.train.checkpoint and self.save is not None and self.main:
             self.save(self.train.checkpoint, self.history)
         return self.history

@@ -93,7 +93,33 @@ def _path(kind: str, module: str, payload: dict) -> Path:
 
 
 def _info(path: Path, cached: bool, history: dict, seconds: float) -> dict:
-    return {"path": str(path), "cached": cached, "history": history, "train_seconds": seconds}
+    return {"path": str(path), "cached": cached, "history": history, "train_seconds": seconds,
+            "torch_threads": history.get("torch_threads")}
+
+
+def training_note(infos: dict[str, dict]) -> str:
+    """A chapter's sentence (no final full stop) on its models' training time, from the infos
+    this module returns ({name: info}): trained in this run (so part of the page's time) or loaded
+    from the cache (trained before the page ran -- by ``python -m mmtutor prepare`` in
+    ``make book``, or by an earlier run), each with its seconds and the torch threads they were
+    measured with."""
+    if not infos:
+        raise ValueError("training_note needs at least one {name: info} entry; got none")
+
+    def took(name: str, info: dict) -> str:
+        t = info.get("torch_threads")
+        threads = f" on {t} torch thread{'' if t == 1 else 's'}" if t else ""
+        return f"{name} {info['train_seconds']:.0f} s{threads}"
+
+    now = [took(n, i) for n, i in infos.items() if not i["cached"]]
+    before = [took(n, i) for n, i in infos.items() if i["cached"]]
+    parts = []
+    if now:
+        parts.append("Trained in this run: " + ", ".join(now))
+    if before:
+        parts.append(("Loaded" if not now else "loaded") + " from the model cache, trained before this page ran: "
+                     + ", ".join(before))
+    return "; ".join(parts)
 
 
 # ------------------------------------------------------------------------ models
@@ -205,7 +231,7 @@ def _cached(path: Path, cls, config, world: World, prof: runtime.Profile, seed: 
     return m, _info(path, False, hist, seconds(hist))
 
 
-__all__ = ["SNAPSHOT_CAPTIONS", "SNAPSHOTS", "cache_dir", "judge", "judges", "aligner", "gan", "gan_config", "pool",
+__all__ = ["SNAPSHOT_CAPTIONS", "SNAPSHOTS", "cache_dir", "training_note", "judge", "judges", "aligner", "gan", "gan_config", "pool",
            "CACHE_ENV", "dependencies", "source_fingerprint", "cache_key"]
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mmtutor as mm
-from mmtutor import prepare
+from mmtutor import prepare, zoo
 from mmtutor.__main__ import main
 
 SMOKE = ["--profile", "smoke", "--device", "cpu"]
@@ -74,6 +74,20 @@ def test_book_models_are_the_ones_the_chapters_load():
     for nb in (root / "notebooks").glob("*.ipynb"):
         src = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
         called |= set(re.findall(r"zoo\.(\w+)\(", src))
-    helpers = {"pool", "gan_config", "vae_config", "diffusion_config", "captioner_config"}
+    helpers = {"pool", "gan_config", "vae_config", "diffusion_config", "captioner_config", "training_note"}
     covered = {m.replace("cnn-judge", "judges").replace("resnet-judge", "judges") for m in prepare.BOOK_MODELS}
     assert called - helpers <= covered, f"chapters load models prepare does not train: {called - helpers - covered}"
+
+
+def test_training_note_says_what_was_trained_now_and_what_came_from_the_cache():
+    now = {"cached": False, "train_seconds": 41.6, "torch_threads": 2}
+    before = {"cached": True, "train_seconds": 73.2, "torch_threads": 1}
+    assert zoo.training_note({"the GAN": now}) == "Trained in this run: the GAN 42 s on 2 torch threads"
+    assert zoo.training_note({"the GAN": before}) == (
+        "Loaded from the model cache, trained before this page ran: the GAN 73 s on 1 torch thread")
+    both = zoo.training_note({"alignment": now, "the GAN": before})
+    assert both.startswith("Trained in this run: alignment 42 s") and "; loaded from the model cache" in both
+    old = {"cached": True, "train_seconds": 5.0, "torch_threads": None}  # a model trained before threads were kept
+    assert zoo.training_note({"m": old}).endswith("m 5 s")
+    with pytest.raises(ValueError, match="at least one"):
+        zoo.training_note({})
