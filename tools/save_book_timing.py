@@ -1,4 +1,4 @@
-"""Keep a ``make book`` run's chapter times as bench/results/book_timing.json.
+"""Keep a ``make book`` run's chapter times as bench/results/book_timing.json (a CPU without AMX) or book_timing_amx.json (with AMX).
 
     /usr/bin/time -f %e make book 2> wall.txt      # in a fresh clone, with an empty MMTUTOR_CACHE
     python tools/save_book_timing.py _build/timing.json --wall "$(tail -1 wall.txt)" --cache "empty model cache"
@@ -22,7 +22,8 @@ def main() -> int:
     ap.add_argument("timing", type=Path, help="the _build/timing.json a make book wrote")
     ap.add_argument("--wall", type=float, required=True, help="wall seconds of the whole make book")
     ap.add_argument("--cache", default="empty model cache", help="the model cache the build started from")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "book_timing.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default: bench/results/book_timing.json, or book_timing_amx.json when the build's CPU has AMX")
     args = ap.parse_args()
     if not args.timing.is_file():
         print(f"error: {args.timing} does not exist (make book writes _build/timing.json)", file=sys.stderr)
@@ -34,6 +35,9 @@ def main() -> int:
     if args.wall <= 0:
         print("error: --wall must be a positive number of seconds", file=sys.stderr)
         return 2
+    if args.out is None:
+        amx = data.get("machine", {}).get("amx")
+        args.out = ROOT / "bench" / "results" / ("book_timing_amx.json" if amx else "book_timing.json")
     data.update({"make_book_wall_seconds": round(args.wall, 1), "model_cache": args.cache,
                  "script": "tools/save_book_timing.py"})
     # the commit the build ran at: the checkout that holds _build/timing.json
