@@ -12,6 +12,10 @@ saved nowhere (a fresh temporary folder per process).
 
     python bench/speed_bench.py                       # all models, all variants
     python bench/speed_bench.py --models gan diffusion --variants book fused
+    python bench/speed_bench.py --variants book pair_threads1 --name speed_amx   # a CPU with AMX
+
+speed.json is measured on a CPU without AMX (fp32), speed_amx.json on one with AMX (bf16), so
+that the thread setting ``make book`` uses is checked on both kinds.
 """
 import argparse
 import json
@@ -141,6 +145,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="times every variant is measured, interleaved")
     ap.add_argument("--merge", action="store_true",
                     help="replace only the measured (model, variant) entries of an existing speed.json")
+    ap.add_argument("--name", default="speed", help="results file bench/results/NAME.json (default speed)")
     ap.add_argument("--child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -160,7 +165,7 @@ def main():
                 ms = {k: [x["loops"][k]["ms_per_step"] for x in res] for k in res[0]["loops"]}
                 print(f"round {r + 1}: {m:13s} {v:14s} {ms}", flush=True)
     models, merged = {}, {}
-    path = HERE / "results" / "speed.json"
+    path = HERE / "results" / f"{args.name}.json"
     if args.merge and path.is_file():
         old = json.loads(path.read_text())
         models = old["models"]
@@ -185,7 +190,7 @@ def main():
                     factor = book[name]["ms_per_step_median"] / d["ms_per_step_median"]
                     d["throughput_vs_book"] = round(factor * (2 if v == "pair_threads1" else 1), 3)
     extra = {"merged": merged} if merged else {}
-    write("speed", {"steps": args.steps, "skip": args.skip, "rounds": args.rounds, "variants": VARIANTS,
+    write(args.name, {"steps": args.steps, "skip": args.skip, "rounds": args.rounds, "variants": VARIANTS,
                     "models": models, "bench_seconds": round(time.perf_counter() - t0), **extra})
 
 
