@@ -35,6 +35,8 @@ VARIANTS = {
     "book": "as the library trains: all torch threads, fp32 on a CPU without AMX, channels_last for the GAN only",
     "threads1": "one torch thread",
     "pair_threads1": "two one-thread processes of the same model at once (per-process step time)",
+    "fp32": "float32 where the library uses bf16 autocast (CPUs with AMX); elsewhere the same as book",
+    "pair_threads1_fp32": "pair_threads1 in float32",
     "memory_format": "the other memory format: contiguous (NCHW) for the GAN, channels_last for the rest",
     "fused_adam": "Adam/AdamW with fused=True (one kernel per step instead of one per parameter)",
     "compile": "torch.compile on every trained network (nn.Module.compile), a fresh compiler cache per process; "
@@ -51,7 +53,7 @@ def child(model: str, variant: str, steps: int, skip: int) -> dict:
     from mmtutor import loop as L
     from mmtutor import zoo
 
-    if variant in ("threads1", "pair_threads1"):
+    if variant in ("threads1", "pair_threads1", "pair_threads1_fp32"):
         torch.set_num_threads(1)
     if variant == "fused_adam":
         for name in ("Adam", "AdamW"):
@@ -94,6 +96,8 @@ def child(model: str, variant: str, steps: int, skip: int) -> dict:
     prof = replace(mm.runtime.profile("cpu"), gan_steps=steps, vae_steps=steps, diffusion_steps=steps,
                    diffusion_ae_steps=steps, judge_steps=steps, judge2_steps=steps, align_steps=steps,
                    caption_steps=steps)
+    if variant.endswith("fp32"):
+        prof = replace(prof, bf16=False)
     zoo.pool(world, prof)                                                  # rendered before the clock
     kw = dict(device="cpu", progress=False)
     if model == "gan":
@@ -126,7 +130,7 @@ def run(model: str, variant: str, args) -> list[dict]:
     if variant == "compile":              # a fresh compiler cache: count the compile a new machine pays
         env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
-             for _ in range(2 if variant == "pair_threads1" else 1)]
+             for _ in range(2 if variant.startswith("pair") else 1)]
     results = []
     for p in procs:
         out, _ = p.communicate()
@@ -188,7 +192,7 @@ def main():
             for name, d in loops.items():
                 if book:
                     factor = book[name]["ms_per_step_median"] / d["ms_per_step_median"]
-                    d["throughput_vs_book"] = round(factor * (2 if v == "pair_threads1" else 1), 3)
+                    d["throughput_vs_book"] = round(factor * (2 if v.startswith("pair") else 1), 3)
     extra = {"merged": merged} if merged else {}
     write(args.name, {"steps": args.steps, "skip": args.skip, "rounds": args.rounds, "variants": VARIANTS,
                     "models": models, "bench_seconds": round(time.perf_counter() - t0), **extra})
