@@ -6,8 +6,8 @@ seconds inside the unit tests (``smoke``). ``MMTUTOR_PROFILE`` overrides the def
 is chosen from the device.
 
 Every timing the book reports names the machine it was measured on: ``machine()`` gives the
-CPU model, whether it has AMX (bfloat16 matrix units, which make the ``cpu`` profile about
-twice as fast), the precision in use, and the torch version.
+CPU model, whether it has AMX (bfloat16 matrix units; with them the ``cpu`` profile trains in
+bfloat16), the precision in use, and the torch version.
 """
 
 from __future__ import annotations
