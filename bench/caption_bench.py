@@ -57,13 +57,18 @@ def main():
     mm.zoo._pool.cache_clear()                 # the wall time includes rendering the pool
     load_before = os.getloadavg()
     t0, c0 = time.perf_counter(), time.process_time()
-    pool = mm.zoo.pool(world, prof, seed=args.seed)
-    torch.manual_seed(args.seed)
     config = mm.zoo.captioner_config(world, prof)
-    model = C.Captioner(config, world)
-    hist = C.train_captioner(model, pool, mm.TrainConfig(steps=prof.caption_steps, batch_size=prof.caption_batch,
-                                                         seed=args.seed, bf16=prof.bf16, progress=False),
-                             lr=prof.caption_lr)
+
+    def train(seed: int):
+        """A captioner trained as the zoo trains it, on the pool of ``seed``."""
+        torch.manual_seed(seed)
+        m = C.Captioner(config, world)
+        h = C.train_captioner(m, mm.zoo.pool(world, prof, seed=seed),
+                              mm.TrainConfig(steps=prof.caption_steps, batch_size=prof.caption_batch, seed=seed,
+                                             bf16=prof.bf16, progress=False), lr=prof.caption_lr)
+        return m, h
+
+    model, hist = train(args.seed)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     out["training"] = {"config": config.__dict__, "steps": hist["steps"], "batch_size": prof.caption_batch,
                        "lr": prof.caption_lr, "train_seconds": round(hist["total_seconds"], 1),
@@ -77,8 +82,9 @@ def main():
 
     # ------------------------------------------------------------------ accuracy by the grammar
     acc = {}
+    real = {split: world.sample(args.n, split=split, seed=1234) for split in ("train", "heldout")}
     for split, name in (("train", "seen"), ("heldout", "heldout")):
-        images, _, attrs = world.sample(args.n, split=split, seed=1234)
+        images, _, attrs = real[split]
         for method in ("greedy", "beam"):
             caps = model.caption(images, method=method)
             acc[f"{name}_{method}"] = rounded(C.caption_scores(world, caps, attrs))
@@ -92,17 +98,13 @@ def main():
 
     # ------------------------------------------------------------------ the same on other seeds
     def joint(m, split):
-        images, _, attrs = world.sample(args.n, split=split, seed=1234)
+        images, _, attrs = real[split]
         return rounded(C.caption_scores(world, m.caption(images), attrs))
 
     seeds = {args.seed: {"seen_greedy": acc["seen_greedy"], "heldout_greedy": acc["heldout_greedy"],
                          "train_seconds": round(hist["total_seconds"], 1)}}
     for s in args.more_seeds:
-        torch.manual_seed(s)
-        m = C.Captioner(config, world)
-        h_s = C.train_captioner(m, mm.zoo.pool(world, prof, seed=s),
-                                mm.TrainConfig(steps=prof.caption_steps, batch_size=prof.caption_batch, seed=s,
-                                               bf16=prof.bf16, progress=False), lr=prof.caption_lr)
+        m, h_s = train(s)
         seeds[s] = {"seen_greedy": joint(m, "train"), "heldout_greedy": joint(m, "heldout"),
                     "train_seconds": round(h_s["total_seconds"], 1)}
         print("seed", s, seeds[s], flush=True)

@@ -15,6 +15,7 @@ missing itself, as before. On a GPU one process trains everything (``jobs=1``).
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import time
@@ -74,19 +75,16 @@ def prepare(profile_name: str | None = None, device: str | None = None, jobs: in
     log(f"  caption features of the training pool ({len(captions)} captions): {time.perf_counter() - t0:.0f} s")
     done = {}
     args = [(m, prof.name, str(dev), threads, seed) for m in models]
-    if jobs == 1:
-        results = (_train(*a) for a in args)
+    # several jobs: spawned workers (fresh interpreters, no forked torch thread pools), handed one
+    # model at a time in BOOK_MODELS order; one job: trained here, in this process
+    workers = mp.get_context("spawn").Pool(jobs) if jobs > 1 else contextlib.nullcontext()
+    with workers as pool:
+        results = pool.imap_unordered(_star_train, args, chunksize=1) if jobs > 1 else map(_star_train, args)
         for name, seconds, cached in results:
             done[name] = {"seconds": round(seconds, 1), "cached": cached}
             log(f"  {name}: {'cached' if cached else f'trained in {seconds:.0f} s'}")
-        torch.set_num_threads(cores)
-    else:
-        # spawn: each worker starts a fresh interpreter (no forked torch thread pools); chunksize 1
-        # hands out the models one at a time, longest first
-        with mp.get_context("spawn").Pool(jobs) as pool:
-            for name, seconds, cached in pool.imap_unordered(_star_train, args, chunksize=1):
-                done[name] = {"seconds": round(seconds, 1), "cached": cached}
-                log(f"  {name}: {'cached' if cached else f'trained in {seconds:.0f} s'}")
+    if jobs == 1:
+        torch.set_num_threads(cores)                            # _train set this process's threads
     total = time.perf_counter() - t0
     log(f"done in {total:.0f} s")
     return {"seconds": round(total, 1), "jobs": jobs, "threads_per_job": threads, "device": str(dev),
