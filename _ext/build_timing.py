@@ -53,6 +53,37 @@ def _table(rows: list[list[str]], header: list[str]) -> nodes.table:
     return table
 
 
+def table_rows(data: dict, titles: dict[str, str]) -> list[list[str]]:
+    """The table's rows from a timing file's contents: the training step, one row per chapter,
+    the chapters' wall time when they ran several at a time, and the total (training plus the
+    chapters' wall time, or plus the sum of chapter times when they ran one after another)."""
+    chapters = data.get("chapters", {})
+    rows, total = [], 0.0
+    models = data.get("models")
+    if models:                                        # `python -m mmtutor prepare`, before the chapters
+        total += models["seconds"]
+        trained = [m for m, v in models.get("models", {}).items() if not v.get("cached")]
+        what = (f"training the book's models first ({len(trained)} trained, "
+                f"{models['jobs']} processes x {models['threads_per_job']} threads)")
+        rate = f"{models['matmul_gflops']:.0f}" if "matmul_gflops" in models else "not recorded"
+        rows.append([what, f"{models['seconds']:.0f} s",
+                     f"{models['device']}, {models['profile']}, {models.get('precision', '?')}", rate])
+    run = data.get("chapters_run")                    # tools/execute_chapters.py: several at a time
+    for doc in sorted(chapters):                      # notebooks are numbered in reading order
+        c = chapters[doc]
+        total += 0.0 if run else c["seconds"]
+        rate = f"{c['matmul_gflops']:.0f}" if "matmul_gflops" in c else "not recorded"
+        threads = f", {c['torch_threads']} thread{'s' if c['torch_threads'] > 1 else ''}" if "torch_threads" in c else ""
+        rows.append([titles[doc], f"{c['seconds']:.0f} s",
+                     f"{c['device']}, {c['profile']}, {c['precision']}{threads}", rate])
+    if run:
+        total += run["seconds"]
+        rows.append([f"the chapters above, {run['jobs']} at a time (their times overlap)",
+                     f"{run['seconds']:.0f} s", f"{run['jobs']} kernels x {run['threads_per_job']} threads", ""])
+    rows.append(["models and chapters" if models else "all chapters", f"{total:.0f} s ({total / 60:.1f} min)", "", ""])
+    return rows
+
+
 def fill(app, doctree, docname):
     for node in list(doctree.findall(timing_placeholder)):
         path = _timing_file(app)
@@ -63,29 +94,15 @@ def fill(app, doctree, docname):
         data = json.loads(path.read_text())
         chapters = data.get("chapters", {})
         titles = {d: app.env.titles[d].astext() if d in app.env.titles else d for d in chapters}
-        rows, total = [], 0.0
-        models = data.get("models")
-        if models:                                        # `python -m mmtutor prepare`, before the chapters
-            total += models["seconds"]
-            trained = [m for m, v in models.get("models", {}).items() if not v.get("cached")]
-            what = (f"training the book's models first ({len(trained)} trained, "
-                    f"{models['jobs']} processes x {models['threads_per_job']} threads)")
-            rate = f"{models['matmul_gflops']:.0f}" if "matmul_gflops" in models else "not recorded"
-            rows.append([what, f"{models['seconds']:.0f} s",
-                         f"{models['device']}, {models['profile']}, {models.get('precision', '?')}", rate])
-        for doc in sorted(chapters):                      # notebooks are numbered in reading order
-            c = chapters[doc]
-            total += c["seconds"]
-            rate = f"{c['matmul_gflops']:.0f}" if "matmul_gflops" in c else "not recorded"
-            rows.append([titles[doc], f"{c['seconds']:.0f} s", f"{c['device']}, {c['profile']}, {c['precision']}", rate])
-        rows.append(["models and chapters" if models else "all chapters", f"{total:.0f} s ({total / 60:.1f} min)", "", ""])
+        rows = table_rows(data, titles)
         m = data.get("machine", {})
         amx = "with AMX" if m.get("amx") else "without AMX"
         caption = nodes.paragraph(text=(f"Measured by the build that produced this page, on {m.get('cpu', '?')} "
-                                        f"({amx}), {m.get('cores', '?')} cores, {m.get('torch_threads', '?')} torch "
-                                        f"threads, torch {m.get('torch', '?')}, {data.get('date', '')}. The last "
-                                        "column is how fast the machine multiplied 1024 x 1024 float32 matrices as "
-                                        "the chapter ended (GFLOP/s, mmtutor.runtime.matmul_rate): a cloud "
+                                        f"({amx}), {m.get('cores', '?')} cores, "
+                                        f"torch {m.get('torch', '?')}, {data.get('date', '')}. The last "
+                                        "column is how fast the machine multiplied 1024 x 1024 float32 matrices, with "
+                                        "the row's threads, as the chapter ended (GFLOP/s, "
+                                        "mmtutor.runtime.matmul_rate; another chapter may have run beside it): a cloud "
                                         "machine's speed drifts with the load of others on its host, and chapter "
                                         "times move with it."))
         node.replace_self([_table(rows, ["chapter", "run time", "device, profile, precision", "matmul GFLOP/s"]),

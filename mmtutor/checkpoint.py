@@ -41,7 +41,7 @@ def writable_path(path, what: str = "output file") -> Path:
 def save(path, kind: str, config: dict, state: dict[str, dict], **extra) -> Path:
     """Write a checkpoint atomically (a crash mid-write never leaves a half-written file)."""
     path = writable_path(path, "checkpoint")
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")   # two processes saving at once never share it
     torch.save({"format": FORMAT, "kind": kind, "config": config, "state": state, **extra}, tmp)
     os.replace(tmp, path)
     return path

@@ -241,7 +241,8 @@ def record_chapter(chapter: str, seconds: float, dev: torch.device, prof: Profil
     ends (``matmul_rate``). Does nothing when the variable is not set (Colab, JupyterLab)."""
     _record(dev, prof, lambda data: data.setdefault("chapters", {}).__setitem__(chapter, {
         "seconds": round(float(seconds), 1), "device": str(dev), "profile": prof.name,
-        "precision": precision(dev, prof.bf16), "matmul_gflops": round(matmul_rate(dev), 1)}))
+        "precision": precision(dev, prof.bf16), "torch_threads": torch.get_num_threads(),
+        "matmul_gflops": round(matmul_rate(dev), 1)}))
 
 
 def record_models(info: dict, dev: torch.device, prof: Profile) -> None:
@@ -252,7 +253,17 @@ def record_models(info: dict, dev: torch.device, prof: Profile) -> None:
         **info, "precision": precision(dev, prof.bf16), "matmul_gflops": round(matmul_rate(dev), 1)}))
 
 
-def _record(dev: torch.device, prof: Profile, update) -> None:
+def record_chapters_run(info: dict) -> None:
+    """Add the wall time of executing the chapters several at a time (``tools/execute_chapters.py``:
+    {"seconds", "jobs", "threads_per_job", "chapters"}) to ``$MMTUTOR_TIMING_FILE``, under
+    "chapters_run": the preface's total is then models + this, not the sum of chapters that
+    overlapped. Does nothing without the variable."""
+    _record(None, None, lambda data: data.__setitem__("chapters_run", dict(info)))
+
+
+def _record(dev: torch.device | None, prof: Profile | None, update) -> None:
+    """Read-modify-write of the timing file under an exclusive lock: chapters executed side by
+    side (tools/execute_chapters.py) record into it at the same time."""
     path = os.environ.get("MMTUTOR_TIMING_FILE")
     if not path:
         return
@@ -260,17 +271,24 @@ def _record(dev: torch.device, prof: Profile, update) -> None:
     import time
     from pathlib import Path
     p = Path(path)
-    data = json.loads(p.read_text()) if p.is_file() else {}
-    data["machine"] = machine(dev, prof.bf16)
-    data["date"] = time.strftime("%Y-%m-%d")
-    update(data)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, p)
+    with open(p.with_name(p.name + ".lock"), "w") as lock:
+        try:
+            import fcntl
+            fcntl.flock(lock, fcntl.LOCK_EX)               # released when the file closes
+        except ImportError:                                 # Windows: one writer at a time is assumed
+            pass
+        data = json.loads(p.read_text()) if p.is_file() else {}
+        if dev is not None:
+            data["machine"] = machine(dev, prof.bf16)
+        data["date"] = time.strftime("%Y-%m-%d")
+        update(data)
+        tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, p)
 
 
-__all__ = ["record_chapter", "record_models", "channels_last", "matmul_rate", "device", "Profile", "PROFILES", "profile", "seed_everything", "autocast", "describe", "machine",
+__all__ = ["record_chapter", "record_models", "record_chapters_run", "channels_last", "matmul_rate", "device", "Profile", "PROFILES", "profile", "seed_everything", "autocast", "describe", "machine",
            "cpu_model", "precision", "bf16_supported", "PROFILE_ENV"]
 
 

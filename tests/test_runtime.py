@@ -189,3 +189,34 @@ def test_cache_key_includes_the_torch_version(monkeypatch):
     before = mm.zoo.source_fingerprint("judge")
     monkeypatch.setattr(torch, "__version__", "0.0.0-other")
     assert mm.zoo.source_fingerprint("judge") != before
+
+
+def _record_many(args):
+    path, worker = args
+    import os
+    os.environ["MMTUTOR_TIMING_FILE"] = path
+    for i in range(15):
+        runtime.record_chapter(f"notebooks/{worker}_{i:02d}", float(i), torch.device("cpu"), runtime.profile("smoke"))
+
+
+def test_chapters_recorded_side_by_side_all_land(tmp_path):
+    # tools/execute_chapters.py runs two kernels that write the same timing file at once
+    import json
+    import multiprocessing as mp
+    path = str(tmp_path / "timing.json")
+    with mp.get_context("spawn").Pool(2) as pool:
+        pool.map(_record_many, [(path, "a"), (path, "b")])
+    chapters = json.loads((tmp_path / "timing.json").read_text())["chapters"]
+    assert len(chapters) == 30
+    assert all(c["torch_threads"] >= 1 for c in chapters.values())
+
+
+def test_record_chapters_run_keeps_the_wall_time(tmp_path, monkeypatch):
+    import json
+    path = tmp_path / "timing.json"
+    monkeypatch.setenv("MMTUTOR_TIMING_FILE", str(path))
+    runtime.record_chapter("notebooks/01_x", 3.0, torch.device("cpu"), runtime.profile("smoke"))
+    runtime.record_chapters_run({"seconds": 7.25, "jobs": 2, "threads_per_job": 1, "chapters": 1})
+    data = json.loads(path.read_text())
+    assert data["chapters_run"]["jobs"] == 2 and data["chapters_run"]["seconds"] == 7.25
+    assert data["chapters"]["notebooks/01_x"]["seconds"] == 3.0 and "machine" in data
