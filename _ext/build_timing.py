@@ -53,6 +53,10 @@ def _table(rows: list[list[str]], header: list[str]) -> nodes.table:
     return table
 
 
+def _threads(n: int) -> str:
+    return f"{n} thread{'' if n == 1 else 's'}"
+
+
 def table_rows(data: dict, titles: dict[str, str]) -> list[list[str]]:
     """The table's rows from a timing file's contents: the training step, one row per chapter,
     the chapters' wall time when they ran several at a time, and the total (training plus the
@@ -64,7 +68,7 @@ def table_rows(data: dict, titles: dict[str, str]) -> list[list[str]]:
         total += models["seconds"]
         trained = [m for m, v in models.get("models", {}).items() if not v.get("cached")]
         what = (f"training the book's models first ({len(trained)} trained, "
-                f"{models['jobs']} processes x {models['threads_per_job']} threads)")
+                f"{models['jobs']} processes x {_threads(models['threads_per_job'])})")
         rate = f"{models['matmul_gflops']:.0f}" if "matmul_gflops" in models else "not recorded"
         rows.append([what, f"{models['seconds']:.0f} s",
                      f"{models['device']}, {models['profile']}, {models.get('precision', '?')}", rate])
@@ -73,13 +77,13 @@ def table_rows(data: dict, titles: dict[str, str]) -> list[list[str]]:
         c = chapters[doc]
         total += 0.0 if run else c["seconds"]
         rate = f"{c['matmul_gflops']:.0f}" if "matmul_gflops" in c else "not recorded"
-        threads = f", {c['torch_threads']} thread{'s' if c['torch_threads'] > 1 else ''}" if "torch_threads" in c else ""
+        threads = f", {_threads(c['torch_threads'])}" if "torch_threads" in c else ""
         rows.append([titles[doc], f"{c['seconds']:.0f} s",
                      f"{c['device']}, {c['profile']}, {c['precision']}{threads}", rate])
     if run:
         total += run["seconds"]
         rows.append([f"the chapters above, {run['jobs']} at a time (their times overlap)",
-                     f"{run['seconds']:.0f} s", f"{run['jobs']} kernels x {run['threads_per_job']} threads", ""])
+                     f"{run['seconds']:.0f} s", f"{run['jobs']} kernels x {_threads(run['threads_per_job'])}", ""])
     rows.append(["models and chapters" if models else "all chapters", f"{total:.0f} s ({total / 60:.1f} min)", "", ""])
     return rows
 

@@ -32,7 +32,9 @@ def _machine(d: dict) -> str:
     amx = "AMX" if m.get("amx") else "no AMX"
     when = str(m.get("date", d.get("date", "?")))[:10]
     commit = f", commit {m['commit']}" if m.get("commit") else ""
-    return (f"{m.get('cpu', '?')} ({amx}), {m.get('precision', '?')}, {m.get('torch_threads', '?')} torch threads, "
+    threads = ("torch threads as each row says" if d.get("chapters_run")   # processes and kernels differ
+               else f"{m.get('torch_threads', '?')} torch threads")
+    return (f"{m.get('cpu', '?')} ({amx}), {m.get('precision', '?')}, {threads}, "
             f"torch {m.get('torch', '?')}, {when}{commit}")
 
 
@@ -133,18 +135,19 @@ def families_rows(d: dict) -> list[tuple[str, str]]:
 
 def timing_rows(d: dict) -> list[tuple[str, str]]:
     rows = [(f"`{c.split('/')[-1]}`", f"{v['seconds']:.0f} s"
+             + (f", {v['torch_threads']} thread(s)" if "torch_threads" in v else "")
              + (f" (matmul {v['matmul_gflops']:.0f} GFLOP/s)" if "matmul_gflops" in v else ""))
             for c, v in sorted(d["chapters"].items())]
     total = sum(v["seconds"] for v in d["chapters"].values())
     run = d.get("chapters_run")
     if run:                       # chapters ran side by side (tools/execute_chapters.py): their wall time counts
         total = run["seconds"]
-        rows.append((f"the chapters, {run['jobs']} at a time x {run['threads_per_job']} threads "
+        rows.append((f"the chapters, {run['jobs']} at a time, {run['threads_per_job']} thread(s) each "
                      "(`tools/execute_chapters.py`; the rows above overlap)", f"{run['seconds']:.0f} s"))
     if d.get("models"):
         m = d["models"]
-        rows.insert(0, (f"training the book's models first (`python -m mmtutor prepare`, {m['jobs']} processes x "
-                        f"{m['threads_per_job']} threads)", f"{m['seconds']:.0f} s"
+        rows.insert(0, (f"training the book's models first (`python -m mmtutor prepare`, {m['jobs']} processes, "
+                        f"{m['threads_per_job']} thread(s) each)", f"{m['seconds']:.0f} s"
                         + (f" (matmul {m['matmul_gflops']:.0f} GFLOP/s)" if "matmul_gflops" in m else "")))
         total += m["seconds"]
     rows.append(("models and chapters" if d.get("models") else "all chapters", f"{total:.0f} s"))

@@ -40,6 +40,8 @@ def main() -> int:
         args.out = ROOT / "bench" / "results" / ("book_timing_amx.json" if amx else "book_timing.json")
     data.update({"make_book_wall_seconds": round(args.wall, 1), "model_cache": args.cache,
                  "script": "tools/save_book_timing.py"})
+    if data.get("chapters_run"):              # the machine's thread count is whichever process wrote last;
+        data["machine"].pop("torch_threads", None)   # the models' and chapters' rows carry their own
     # the commit the build ran at: the checkout that holds _build/timing.json
     data.setdefault("machine", {})["commit"] = commit(args.timing.resolve().parent.parent)
     args.out.parent.mkdir(parents=True, exist_ok=True)
