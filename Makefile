@@ -10,9 +10,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: book test unit bench sync-colab clean
 
+# --no-compile: pip would compile every module of every package (most of torch is never
+# imported here); Python compiles what is imported, once, on first use. Measured on a 2-core
+# AMD EPYC, fresh venv, twice: install 70-74 s instead of 108-115 s, the first import of torch,
+# transformers, matplotlib, nbval and jupyter_book 9.5-9.7 s instead of 4.3 s.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt
 	touch $(STAMP)
 
 # First the models the chapters load are trained into the model cache (python -m mmtutor prepare:
