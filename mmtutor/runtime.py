@@ -220,7 +220,8 @@ def describe(dev: torch.device, prof: Profile, seed: int) -> str:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
     amx = "AMX" if _cpu_has_amx() else "no AMX"
     return (f"device: {name} | profile: {prof.name} | precision: {precision(dev, prof.bf16)} | seed: {seed}"
-            f" | torch {torch.__version__} | CPU: {cpu_model()} ({amx}, {torch.get_num_threads()} threads)")
+            f" | torch {torch.__version__} | CPU: {cpu_model()} ({amx}, {torch.get_num_threads()} thread"
+            f"{'' if torch.get_num_threads() == 1 else 's'})")
 
 
 def channels_last(module: torch.nn.Module) -> torch.nn.Module:

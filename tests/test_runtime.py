@@ -220,3 +220,14 @@ def test_record_chapters_run_keeps_the_wall_time(tmp_path, monkeypatch):
     data = json.loads(path.read_text())
     assert data["chapters_run"]["jobs"] == 2 and data["chapters_run"]["seconds"] == 7.25
     assert data["chapters"]["notebooks/01_x"]["seconds"] == 3.0 and "machine" in data
+
+
+def test_describe_names_device_profile_precision_and_threads():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        line = runtime.describe(torch.device("cpu"), runtime.profile("smoke"), 3)
+    finally:
+        torch.set_num_threads(before)
+    assert line.startswith("device: cpu | profile: smoke | precision: ") and "| seed: 3 |" in line
+    assert line.endswith(", 1 thread)")
