@@ -39,7 +39,11 @@ VARIANTS = {
     "pair_threads1": "two one-thread processes of the same model at once (per-process step time)",
     "fp32": "float32 where the library uses bf16 autocast (CPUs with AMX); elsewhere the same as book",
     "pair_threads1_fp32": "pair_threads1 in float32",
-    "memory_format": "contiguous (NCHW) everywhere: the GAN's channels_last inputs and runtime.channels_last left out",
+    "memory_format": "each network in the other memory format: the GAN without its channels_last inputs, every "
+                     "network built through runtime.channels_last in the order it does not choose on this machine "
+                     "(contiguous where it chooses channels_last, and channels_last where it keeps a network "
+                     "contiguous: the VAE, autoencoder and residual judge on a CPU with AMX)",
+    "pair_threads1_layout": "pair_threads1 with memory_format's change",
     "fused_adam": "Adam/AdamW with fused=True (one kernel per step instead of one per parameter)",
     "compile": "torch.compile on every trained network (nn.Module.compile), a fresh compiler cache per process; "
                "compile time reported apart (a network trained through methods other than forward, such as "
@@ -55,7 +59,7 @@ def child(model: str, variant: str, steps: int, skip: int) -> dict:
     from mmtutor import loop as L
     from mmtutor import zoo
 
-    if variant in ("threads1", "pair_threads1", "pair_threads1_fp32"):
+    if variant in ("threads1", "pair_threads1", "pair_threads1_fp32", "pair_threads1_layout"):
         torch.set_num_threads(1)
     if variant == "fused_adam":
         for name in ("Adam", "AdamW"):
@@ -63,7 +67,8 @@ def child(model: str, variant: str, steps: int, skip: int) -> dict:
             fused = type(name, (base,), {"__init__": lambda self, *a, _b=base, **k: _b.__init__(
                 self, *a, **{**k, "fused": True})})
             setattr(torch.optim, name, fused)
-    gan_contiguous = variant == "memory_format" and model == "gan"
+    flip = variant in ("memory_format", "pair_threads1_layout")
+    gan_contiguous = flip and model == "gan"
     if gan_contiguous:                    # the GAN asks for channels_last in Tensor.to(...): drop it
         to = torch.Tensor.to
 
@@ -72,8 +77,13 @@ def child(model: str, variant: str, steps: int, skip: int) -> dict:
             return to(self, *a, **k)
         torch.Tensor.to = to_default
 
-    if variant == "memory_format" and not gan_contiguous:    # the models that call runtime.channels_last
-        mm.runtime.channels_last = lambda module: module
+    if flip and not gan_contiguous:       # the models that call runtime.channels_last: the other order
+        chosen = mm.runtime.channels_last
+
+        def other_order(module, dev=None, amx_contiguous=False):
+            kept = chosen(torch.nn.Conv2d(2, 3, 3), dev, amx_contiguous).weight.is_contiguous()
+            return module.to(memory_format=torch.channels_last if kept else torch.contiguous_format)
+        mm.runtime.channels_last = other_order
 
     stamps: dict[str, list[float]] = {}
     init, it = L.Loop.__init__, L.Loop.__iter__

@@ -86,7 +86,7 @@ class Judge(nn.Module):
         self.heads = nn.ModuleDict({k: nn.Linear(feat, len(v)) for k, v in self.attributes.items()})
         self.history: dict = {}
         self.accuracy: dict = {}          # accuracy on fresh real renders, filled by zoo / judge_accuracy
-        runtime.channels_last(self)
+        runtime.channels_last(self, amx_contiguous=(arch == "resnet"))   # see runtime.channels_last
 
     @property
     def name(self) -> str:

@@ -224,15 +224,27 @@ def describe(dev: torch.device, prof: Profile, seed: int) -> str:
             f"{'' if torch.get_num_threads() == 1 else 's'})")
 
 
-def channels_last(module: torch.nn.Module) -> torch.nn.Module:
+def channels_last(module: torch.nn.Module, dev: torch.device | str | None = None,
+                  amx_contiguous: bool = False) -> torch.nn.Module:
     """``module`` with its convolution weights in channels_last (NHWC) order, returned for chaining.
 
     Convolutions then produce channels_last outputs from ordinary NCHW inputs, and oneDNN's
     NHWC kernels train the book's VAE, latent-diffusion U-Net and autoencoder, the residual
-    judge and the captioner 5-19 % faster on a 2-core AMD EPYC, the CNN judge and the aligner
-    2-8 % (bench/results/speed.json, "memory_format"); the GAN is slower with its weights in it
-    and keeps its own arrangement. Values are unchanged but for rounding. Checkpoints load into
-    it as into any module (load_state_dict copies values)."""
+    judge and the captioner 5-19 % faster on a 2-core AMD EPYC (fp32), the CNN judge and the
+    aligner 2-8 % (bench/results/speed.json, "memory_format"); the GAN is slower with its
+    weights in it and keeps its own arrangement. Values are unchanged but for rounding.
+    Checkpoints load into it as into any module (load_state_dict copies values).
+
+    Under bfloat16 autocast on a CPU with AMX the order flips for some networks: there the
+    conditional VAE, the autoencoder and the residual judge train 1.50x, 1.63x and 1.38x faster
+    in the ordinary contiguous order, while the CNN judge, the aligner and the captioner train
+    10-17 % faster in channels_last and the U-Net within 4 % either way (two one-thread
+    processes, as ``prepare`` trains; bench/results/speed_amx.json, "pair_threads1" against
+    "pair_threads1_layout"). ``amx_contiguous=True`` marks a network of the first kind: it is
+    left contiguous when it will run on the CPU (``dev``, else ``device()``) of a machine with AMX."""
+    dev = device() if dev is None else torch.device(dev)
+    if amx_contiguous and dev.type == "cpu" and _cpu_has_amx():
+        return module.to(memory_format=torch.contiguous_format)
     return module.to(memory_format=torch.channels_last)
 
 

@@ -279,7 +279,7 @@ class ConditionalVAE(TextToImage):
         if text is None:
             text = CaptionEncoder(config.text_encoder, aligner=aligner, norm=config.text_norm, dims=config.text_dims)
         super().__init__(config, world, text)
-        self.net = runtime.channels_last(VAENet(config, text.dim))
+        self.net = runtime.channels_last(VAENet(config, text.dim), device, amx_contiguous=True)
         self.ema = EMA(self.net, config.ema_decay) if config.ema_decay > 0 else None
         self.net_ema = self.ema.model if self.ema is not None else None     # registered: saved with the model
         self.to(torch.device(device) if device is not None else runtime.device())
@@ -368,7 +368,7 @@ class Autoencoder(nn.Module):
         if cfg.conditional:
             raise ValueError("an Autoencoder reads no caption: use VAEConfig(conditional=False, ...)")
         self.config = cfg
-        self.net = runtime.channels_last(VAENet(cfg, None))
+        self.net = runtime.channels_last(VAENet(cfg, None), amx_contiguous=True)
         self.register_buffer("scale", torch.tensor(1.0))
 
     @property

@@ -231,3 +231,31 @@ def test_describe_names_device_profile_precision_and_threads():
         torch.set_num_threads(before)
     assert line.startswith("device: cpu | profile: smoke | precision: ") and "| seed: 3 |" in line
     assert line.endswith(", 1 thread)")
+
+
+def _is_channels_last(module: torch.nn.Module) -> bool:
+    w = next(p for p in module.parameters() if p.dim() == 4)
+    return w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_channels_last_keeps_marked_networks_contiguous_only_on_an_amx_cpu(monkeypatch, amx):
+    monkeypatch.setattr(runtime, "_cpu_has_amx", lambda: amx)
+    conv = lambda: torch.nn.Conv2d(3, 8, 3)                                  # noqa: E731
+    assert _is_channels_last(runtime.channels_last(conv(), "cpu"))          # unmarked: channels_last everywhere
+    assert _is_channels_last(runtime.channels_last(conv(), "cpu", amx_contiguous=True)) is not amx
+    # on a GPU the host CPU's AMX does not matter
+    assert _is_channels_last(runtime.channels_last(conv(), torch.device("cuda"), amx_contiguous=True))
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_the_library_marks_the_vae_autoencoder_and_residual_judge(monkeypatch, amx):
+    from mmtutor import vae as V
+    from mmtutor.judge import Judge
+    monkeypatch.setattr(runtime, "_cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(runtime, "device", lambda prefer=None: torch.device("cpu"))   # as on a CPU-only machine
+    world = mm.World(image_size=16)
+    assert _is_channels_last(Judge(world, arch="cnn"))
+    assert _is_channels_last(Judge(world, arch="resnet")) is not amx
+    ae = V.Autoencoder(V.VAEConfig(image_size=16, conditional=False, latent_size=4, latent_channels=4))
+    assert _is_channels_last(ae.net) is not amx
