@@ -171,12 +171,32 @@ def speed_rows(d: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def budget_rows(d: dict) -> list[tuple[str, str]]:
+    rows = []
+    for steps, r in d["summary"].items():
+        what = (f"{d['model']}, {steps} steps ({len(d['seeds'])} seeds, "
+                f"{d['jobs']} one-thread process{'es' if d['jobs'] > 1 else ''}): training seconds; ")
+        if "seen_lower_judge" in r:
+            s, h = r["seen_lower_judge"], r["heldout_lower_judge"]
+            rows.append((what + "joint consistency seen / held-out, lower judge, mean (range)",
+                         f"{r['train_seconds_mean']:.0f} s; {s['mean']:.3f} ({s['min']:.3f}-{s['max']:.3f}) / "
+                         f"{h['mean']:.3f} ({h['min']:.3f}-{h['max']:.3f})"))
+        else:
+            t, h = r["train_joint"], r["heldout_joint"]
+            rows.append((what + "joint accuracy on real seen / held-out renders, mean (range)",
+                         f"{r['train_seconds_mean']:.0f} s; {t['mean']:.3f} ({t['min']:.3f}-{t['max']:.3f}) / "
+                         f"{h['mean']:.3f} ({h['min']:.3f}-{h['max']:.3f})"))
+    return rows
+
+
 SECTIONS = [("book_timing", "Building the book, CPU without AMX", timing_rows),
             ("book_timing_amx", "Building the book, CPU with AMX", timing_rows), ("world", "World and judges", world_rows),
             ("align", "Contrastive alignment", align_rows), ("gan", "Conditional GAN", gan_rows),
             ("data_size", "Training-set size", data_size_rows), ("families", "GAN, VAE, diffusion", families_rows),
             ("caption", "Image → text", caption_rows), ("speed", "Training speed per step, CPU without AMX", speed_rows),
-            ("speed_amx", "Training speed per step, CPU with AMX", speed_rows)]
+            ("speed_amx", "Training speed per step, CPU with AMX", speed_rows),
+            ("budget_diffusion", "A smaller diffusion budget", budget_rows),
+            ("budget_resnet_judge", "A smaller budget for the residual judge", budget_rows)]
 
 
 def table() -> str:
