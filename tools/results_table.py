@@ -195,6 +195,7 @@ SECTIONS = [("book_timing", "Building the book, CPU without AMX", timing_rows),
             ("data_size", "Training-set size", data_size_rows), ("families", "GAN, VAE, diffusion", families_rows),
             ("caption", "Image → text", caption_rows), ("speed", "Training speed per step, CPU without AMX", speed_rows),
             ("speed_amx", "Training speed per step, CPU with AMX", speed_rows),
+            ("budget_gan", "A smaller GAN budget", budget_rows),
             ("budget_diffusion", "A smaller diffusion budget", budget_rows),
             ("budget_resnet_judge", "A smaller budget for the residual judge", budget_rows)]
 
