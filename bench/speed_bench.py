@@ -34,7 +34,8 @@ MODELS = ("gan", "vae", "diffusion", "cnn_judge", "resnet_judge", "aligner", "ca
 VARIANTS = {
     "book": "as the library trains: all torch threads, bf16 autocast on a CPU with AMX and fp32 elsewhere, "
             "channels_last where the library sets it (the GAN's inputs; since c862ec8 also the other models' "
-            "weights through runtime.channels_last)",
+            "weights through runtime.channels_last, which since ebfcbe2 keeps the VAE, the autoencoder and the "
+            "residual judge contiguous on a CPU with AMX)",
     "threads1": "one torch thread",
     "pair_threads1": "two one-thread processes of the same model at once (per-process step time)",
     "fp32": "float32 where the library uses bf16 autocast (CPUs with AMX); elsewhere the same as book",
