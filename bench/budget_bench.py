@@ -72,6 +72,8 @@ def main():
     args = ap.parse_args()
     if any(s < 1 for s in args.steps):
         ap.error("--steps must be positive")
+    if args.jobs < 1:
+        ap.error(f"--jobs must be at least 1, got {args.jobs}")
     from common import write
 
     t0 = time.perf_counter()
