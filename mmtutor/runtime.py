@@ -236,7 +236,7 @@ def channels_last(module: torch.nn.Module, dev: torch.device | str | None = None
     Checkpoints load into it as into any module (load_state_dict copies values).
 
     Under bfloat16 autocast on a CPU with AMX the order flips for some networks: there the
-    conditional VAE, the autoencoder and the residual judge train 1.50x, 1.63x and 1.38x faster
+    conditional VAE, the autoencoder and the residual judge train 1.50x, 1.64x and 1.38x faster
     in the ordinary contiguous order, while the CNN judge, the aligner and the captioner train
     10-17 % faster in channels_last and the U-Net within 4 % either way (two one-thread
     processes, as ``prepare`` trains; bench/results/speed_amx.json, "pair_threads1" against
