@@ -174,18 +174,14 @@ def speed_rows(d: dict) -> list[tuple[str, str]]:
 def budget_rows(d: dict) -> list[tuple[str, str]]:
     rows = []
     for steps, r in d["summary"].items():
-        what = (f"{d['model']}, {steps} steps ({len(d['seeds'])} seeds, "
-                f"{d['jobs']} one-thread process{'es' if d['jobs'] > 1 else ''}): training seconds; ")
-        if "seen_lower_judge" in r:
-            s, h = r["seen_lower_judge"], r["heldout_lower_judge"]
-            rows.append((what + "joint consistency seen / held-out, lower judge, mean (range)",
-                         f"{r['train_seconds_mean']:.0f} s; {s['mean']:.3f} ({s['min']:.3f}-{s['max']:.3f}) / "
-                         f"{h['mean']:.3f} ({h['min']:.3f}-{h['max']:.3f})"))
-        else:
-            t, h = r["train_joint"], r["heldout_joint"]
-            rows.append((what + "joint accuracy on real seen / held-out renders, mean (range)",
-                         f"{r['train_seconds_mean']:.0f} s; {t['mean']:.3f} ({t['min']:.3f}-{t['max']:.3f}) / "
-                         f"{h['mean']:.3f} ({h['min']:.3f}-{h['max']:.3f})"))
+        generator = "seen_lower_judge" in r        # a generator's consistency, else a judge's accuracy
+        pair = (r["seen_lower_judge"], r["heldout_lower_judge"]) if generator else (r["train_joint"], r["heldout_joint"])
+        measure = ("joint consistency seen / held-out, lower judge" if generator
+                   else "joint accuracy on real seen / held-out renders")
+        rows.append((f"{d['model']}, {steps} steps ({len(d['seeds'])} seeds, {d['jobs']} one-thread "
+                     f"process{'es' if d['jobs'] > 1 else ''}): training seconds; {measure}, mean (range)",
+                     f"{r['train_seconds_mean']:.0f} s; "
+                     + " / ".join(f"{x['mean']:.3f} ({x['min']:.3f}-{x['max']:.3f})" for x in pair)))
     return rows
 
 
