@@ -20,10 +20,15 @@ both judges (a range), on captions phrased outside the grammar, size coverage wi
 caption completion, Frechet distance in judge features, diversity, throughput, sampling latency.
 Writes bench/results/gan.json.
 
-    python bench/gan_bench.py [--budget 180 | --steps 1400] [--seeds 0 1 2] [--recipes book,reed2016,plainbank]
+``--jobs N`` (with ``--steps`` only: a wall-clock budget needs the machine to itself) runs N
+recipes-and-seeds side by side, each in its own process with one torch thread, as ``make book``
+trains its models.
+
+    python bench/gan_bench.py [--budget 180 | --steps 1400 [--jobs 2]] [--seeds 0 1 2] [--recipes book,reed2016,plainbank]
 """
 import argparse
 import dataclasses
+import multiprocessing as mp
 import os
 import statistics
 import time
@@ -120,6 +125,16 @@ def run(recipe: str, world, prof, judges, budget: float | None, steps: int | Non
     return out
 
 
+def _job(args: tuple) -> dict:
+    """One (recipe, seed) in a process of its own, one torch thread (``--jobs``)."""
+    recipe, steps, seed = args
+    torch.set_num_threads(1)
+    prof = mm.runtime.profile("cpu")
+    world = mm.World(image_size=prof.image_size)
+    judges = mm.zoo.judges(world, prof, device="cpu", progress=False)
+    return run(recipe, world, prof, judges, None, steps, seed)
+
+
 def summary(runs: list[dict]) -> dict:
     keys = {"seen_low": lambda r: r["seen_joint_range"][0], "seen_high": lambda r: r["seen_joint_range"][1],
             "heldout_low": lambda r: r["heldout_joint_range"][0], "heldout_high": lambda r: r["heldout_joint_range"][1],
@@ -139,7 +154,14 @@ def main():
     ap.add_argument("--recipes", default="book,reed2016,plainbank,ablation,zscore",
                     help="comma-separated subset of book,reed2016,plainbank,ablation,zscore (the last two run "
                          "with one seed)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs side by side, one torch thread each (with --steps only; default 1)")
     args = ap.parse_args()
+    if args.jobs < 1:
+        ap.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.jobs > 1 and args.steps is None:
+        ap.error("--jobs above 1 needs --steps: runs side by side share the CPU, so a wall-clock budget "
+                 "would give each fewer steps than it gets alone")
     prof = mm.runtime.profile("cpu")
     world = mm.World(image_size=prof.image_size)
     judges = mm.zoo.judges(world, prof, device="cpu", progress=False)
@@ -148,12 +170,15 @@ def main():
         mm.checks.choice(r, "recipe", ("book", "reed2016", "plainbank", "ablation", "zscore"))
     if "book" not in chosen:
         raise SystemExit("--recipes must include book (the targets are the book recipe's)")
-    runs = []
-    for recipe, seeds in (("book", args.seeds), ("plainbank", args.seeds), ("reed2016", args.seeds),
-                          ("ablation", args.seeds[:1]), ("zscore", args.seeds[:1])):
-        if recipe in chosen:
-            for seed in seeds:
-                runs.append(run(recipe, world, prof, judges, args.budget, args.steps, seed))
+    todo = [(recipe, seed) for recipe, seeds in (("book", args.seeds), ("plainbank", args.seeds),
+                                                ("reed2016", args.seeds), ("ablation", args.seeds[:1]),
+                                                ("zscore", args.seeds[:1]))
+            if recipe in chosen for seed in seeds]
+    if args.jobs > 1:
+        with mp.get_context("spawn").Pool(args.jobs) as workers:
+            runs = list(workers.imap(_job, [(r, args.steps, s) for r, s in todo], chunksize=1))
+    else:
+        runs = [run(recipe, world, prof, judges, args.budget, args.steps, seed) for recipe, seed in todo]
     recipes = {r: summary([x for x in runs if x["recipe"] == r]) for r in chosen}
     book = recipes["book"]
     targets = {"seen_joint_>=_0.95_every_seed_both_judges": book["seen_low"]["min"] >= 0.95,
@@ -163,6 +188,7 @@ def main():
                    0.35 <= v <= 0.65 for r in runs if r["recipe"] == "book"
                    for v in r["size_coverage_completed"]["large_share_by_object"].values())}
     write("gan", {"protocol": {"budget_seconds": None if args.steps else args.budget, "steps": args.steps,
+                               "jobs": args.jobs, "threads_per_job": 1 if args.jobs > 1 else torch.get_num_threads(),
                                "profile": prof.name, "batch_size": prof.batch_size,
                                "caption_bank": {"augment": prof.caption_augment, "noise": prof.caption_noise,
                                                 "plainbank_noise": 0.0}},

@@ -11,9 +11,11 @@ Two more sets of phrasings live here, both *outside* the training grammar:
   the table", "please draw ..."), with words the grammar does not know. They are never used
   in training; the book measures how a model trained on the grammar copes with them (only an
   open-vocabulary text encoder such as the pretrained MiniLM can read them at all).
-* ``AUGMENT_TEMPLATES`` -- other extra phrasings, disjoint in structure and in their extra
-  words from the free ones, that a training pool may add (``PairPool(..., augment=...)``) to
-  teach a model that wording varies while the scene does not;
+* ``AUGMENT_TEMPLATES`` -- other extra phrasings, disjoint in their extra words from the free
+  ones, that a training pool may add (``PairPool(..., augment=...)``) to teach a model that
+  wording varies while the scene does not: descriptions, requests ("render ...", "could you
+  produce ..."), framings ("an illustration of ..."), agents ("a child dropped ..."), and other
+  ways to say size and colour;
 * ``NEUTRAL_WORDS`` -- words that say nothing about the scene, which a training pool may
   scatter into its captions (``PairPool(..., noise=...)``), for the same lesson.
 """
@@ -69,7 +71,10 @@ TEMPLATES = _templates(
 FILLER = {"a", "an", "the", "there", "is", "photo", "of", "you", "can", "see", "sits", "and"}
 
 # Extra phrasings a training pool may add (never used for evaluation). None of their extra
-# words ("image", "snapshot", "located", ...) occurs in FREE_TEMPLATES (a test checks).
+# words ("image", "snapshot", "located", "render", ...) occurs in FREE_TEMPLATES (a test checks).
+# The second group was added after measuring, per free template, which kinds of sentence the
+# book's GAN read worst (requests, framings, agents): it covers those *kinds* with other words, so
+# the free phrasings still test wording the model never saw. README, gan.json: what it bought.
 AUGMENT_TEMPLATES = _templates(
     "an image of {a} {size} {color} {object} {relation}",
     "a snapshot showing {a} {size} {color} {object} {relation}",
@@ -81,6 +86,45 @@ AUGMENT_TEMPLATES = _templates(
     "the frame holds {a} {size} {color} {object} {relation}",
     "{a} {size} {color} {object} standing {relation}",
     "look at the {size} {color} {object} {relation}",
+    # requests and framings, places and agents, other ways to say size and colour
+    "render {a} {size} {color} {object} {relation}",
+    "create {a} {size} {color} {object} {relation}",
+    "make {a} {size} {color} {object} {relation}",
+    "depict {a} {size} {color} {object} {relation}",
+    "illustrate {a} {size} {color} {object} {relation}",
+    "hand us {a} {size} {color} {object} {relation}",
+    "we want {a} {size} {color} {object} {relation}",
+    "we would like {a} {size} {color} {object} {relation}",
+    "could you produce {a} {size} {color} {object} {relation}",
+    "let us have {a} {size} {color} {object} {relation}",
+    "display {a} {size} {color} {object} {relation}",
+    "visualize {a} {size} {color} {object} {relation}",
+    "an illustration of {a} {size} {color} {object} {relation}",
+    "a rendering of {a} {size} {color} {object} {relation}",
+    "an artwork featuring {a} {size} {color} {object} {relation}",
+    "a capture of {a} {size} {color} {object} {relation}",
+    "a shot containing {a} {size} {color} {object} {relation}",
+    "a child dropped {a} {size} {color} {object} {relation}",
+    "a friend stored {a} {size} {color} {object} {relation}",
+    "we hid {a} {size} {color} {object} {relation}",
+    "they stacked {a} {size} {color} {object} {relation}",
+    "a person leaned {a} {size} {color} {object} {relation}",
+    "{a} {size} {color} {object} perched {relation}",
+    "{a} {size} {color} {object} positioned {relation}",
+    "{a} {size} {color} {object} waiting {relation}",
+    "{a} {size} {color} {object} that lies {relation}",
+    "{a} {size} {color} {object} appears {relation}",
+    "{relation!} we have {a} {size} {color} {object}",
+    "{a} fairly {size} {color} {object} {relation}",
+    "{a} very {size} {color} {object} {relation}",
+    "{a} {size} {object} of {color} hue {relation}",
+    "{a} {size} {object} tinted {color} {relation}",
+    "{a} {object} both {size} and {color} {relation}",
+    "the {object} {relation} looks {color!} and {size!}",
+    "{a} {size} {object} having a {color} surface {relation}",
+    "exactly {a} {size} {color} {object} {relation}",
+    "{a} lone {size} {color} {object} {relation}",
+    "{a} {size} {color} {object} {relation} and that is all",
 )
 
 # Words that say nothing about a scene's colour, object, size or position, which a training
