@@ -32,8 +32,14 @@ def _machine(d: dict) -> str:
     amx = "AMX" if m.get("amx") else "no AMX"
     when = str(m.get("date", d.get("date", "?")))[:10]
     commit = f", commit {m['commit']}" if m.get("commit") else ""
-    threads = ("torch threads as each row says" if d.get("chapters_run")   # processes and kernels differ
-               else f"{m.get('torch_threads', '?')} torch threads")
+    runs = d.get("protocol", d)                      # budget_*: top level; gan: its protocol
+    jobs, per_job = runs.get("jobs"), runs.get("threads_per_job")
+    if d.get("chapters_run"):                          # processes and kernels differ
+        threads = "torch threads as each row says"
+    elif jobs and jobs > 1 and per_job:
+        threads = f"{jobs} runs side by side, {per_job} torch thread{'' if per_job == 1 else 's'} each"
+    else:
+        threads = f"{m.get('torch_threads', '?')} torch threads"
     return (f"{m.get('cpu', '?')} ({amx}), {m.get('precision', '?')}, {threads}, "
             f"torch {m.get('torch', '?')}, {when}{commit}")
 
