@@ -22,7 +22,7 @@ Writes bench/results/gan.json.
 
 ``--jobs N`` (with ``--steps`` only: a wall-clock budget needs the machine to itself) runs N
 recipes-and-seeds side by side, each in its own process with one torch thread, as ``make book``
-trains its models.
+trains its models (the sampling latencies are then measured beside another run, too).
 
     python bench/gan_bench.py [--budget 180 | --steps 1400 [--jobs 2]] [--seeds 0 1 2] [--recipes book,reed2016,plainbank]
 """

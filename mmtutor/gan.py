@@ -81,9 +81,10 @@ class GANConfig:
     text_norm: str = "discriminant"  # sentence vector: "discriminant" (scene directions, see condition.py),
                                      # "zscore" (each feature standardised) or "raw"
     text_dims: int = 32            # directions kept by the discriminant projection. With the caption bank of
-                                   # 9a1222e, seed 0, lower judge (scripts outside the repo, like gan_bench's runs):
-                                   # 32 -> held-out 0.934, free 0.899; 24 -> 0.859-0.898, 0.862-0.887; 16 -> 0.622;
-                                   # 12 -> 0.102. gan.json has 32 over three seeds
+                                   # 9a1222e, lower judge, seeds 0/1/2: 32 (gan.json) held-out 0.918/0.862/0.918,
+                                   # free phrasings 0.887/0.881/0.894; 24 (gan_bench at 9a1222e, interrupted, not
+                                   # kept) 0.859/0.885/0.872 and 0.862/0.900/0.870; seed 0 only: 16 -> held-out
+                                   # 0.62, 12 -> 0.10 (a scene needs more than 16 directions)
     diversity_weight: float = 1.0  # mode-seeking term: one caption, two z, images must differ; 0 = off
     diversity_target: str = "caption"  # spread to reach: "caption" (as much as real images of *that caption*
                                        # differ: more when it leaves the size out) or "combination" (one target)
