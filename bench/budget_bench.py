@@ -18,7 +18,6 @@ are those stored with it. Issue 7 asks to cut work, not quality: this shows what
 """
 import argparse
 import json
-import multiprocessing as mp
 import statistics
 import sys
 import time
@@ -74,7 +73,7 @@ def main():
         ap.error("--steps must be positive")
     if args.jobs < 1:
         ap.error(f"--jobs must be at least 1, got {args.jobs}")
-    from common import write
+    from common import side_by_side, write
 
     t0 = time.perf_counter()
     todo = [(args.model, s, seed, 1) for s in args.steps for seed in args.seeds]
@@ -82,8 +81,7 @@ def main():
     if args.model in GENERATORS:
         import mmtutor as mm
         mm.zoo.judges(mm.World(), mm.runtime.profile("cpu"), device="cpu", progress=False)
-    with mp.get_context("spawn").Pool(args.jobs) as pool:
-        runs = list(pool.imap(_star, todo, chunksize=1))
+    runs = side_by_side(_star, todo, args.jobs)
     for r in runs:
         print(json.dumps(r), flush=True)
     summary = {}

@@ -4,6 +4,7 @@ Every JSON file starts with the machine it was measured on (CPU model, AMX yes/n
 threads, device, precision, torch), the git commit, the date, and the script that wrote it.
 """
 import json
+import multiprocessing as mp
 import subprocess
 import sys
 import time
@@ -41,3 +42,10 @@ def write(name: str, data: dict, bf16: bool = True) -> Path:
                                default=lambda o: list(o) if isinstance(o, tuple) else str(o)) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def side_by_side(fn, tasks: list, jobs: int) -> list:
+    """``[fn(t) for t in tasks]``, ``jobs`` processes at a time (spawned, so each imports torch
+    afresh; ``fn`` sets its own torch threads), results in the order of ``tasks``."""
+    with mp.get_context("spawn").Pool(jobs) as pool:
+        return list(pool.imap(fn, tasks, chunksize=1))

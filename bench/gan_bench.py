@@ -28,7 +28,6 @@ trains its models (the sampling latencies are then measured beside another run, 
 """
 import argparse
 import dataclasses
-import multiprocessing as mp
 import os
 import statistics
 import time
@@ -36,7 +35,7 @@ import time
 import torch
 
 import mmtutor as mm
-from common import write
+from common import side_by_side, write
 
 
 def latency(gan, n: int, repeats: int = 20) -> float:
@@ -175,8 +174,7 @@ def main():
                                                 ("zscore", args.seeds[:1]))
             if recipe in chosen for seed in seeds]
     if args.jobs > 1:
-        with mp.get_context("spawn").Pool(args.jobs) as workers:
-            runs = list(workers.imap(_job, [(r, args.steps, s) for r, s in todo], chunksize=1))
+        runs = side_by_side(_job, [(r, args.steps, s) for r, s in todo], args.jobs)
     else:
         runs = [run(recipe, world, prof, judges, args.budget, args.steps, seed) for recipe, seed in todo]
     recipes = {r: summary([x for x in runs if x["recipe"] == r]) for r in chosen}
