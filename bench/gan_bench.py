@@ -5,10 +5,12 @@ Recipes (mmtutor.gan): "book"; "reed2016" (D concatenates the text with its imag
 batch norm, BCE, raw MiniLM features, no SN/EMA/TTUR/diversity term); "ablation" (the book's
 recipe without its modern parts: BCE, batch norm, no EMA/TTUR/diversity term, but its projection
 discriminator and caption features); "zscore" (the book's recipe on z-scored MiniLM features
-instead of the discriminant projection). The headline pair (book, reed2016) runs with three
-seeds; the ablations with one. "plainbank" is the book's recipe trained on a caption bank
-without neutral words (``caption_noise=0``, see ``mm.data.PairPool``), with every seed of the
-headline pair: it measures what the neutral words buy on free phrasings and cost elsewhere.
+instead of the discriminant projection, without the attribute readout). The headline pair (book,
+reed2016) runs with three seeds; the ablations with one. "plainbank" is the book's recipe trained
+on a caption bank without neutral words (``caption_noise=0``, see ``mm.data.PairPool``) and
+"noreadout" the book's recipe without the attribute readout (``text_readout=False``, see
+``mm.condition``), each with every seed of the headline pair: they measure what the neutral words
+and the readout buy on free and fresh phrasings and cost elsewhere.
 
 Budget: ``--budget`` wall seconds per run (default 180), MiniLM loading, caption encoding and
 pool rendering included and reported separately, every run trained from scratch; ``--steps``
@@ -16,7 +18,8 @@ instead gives every run the same number of steps (for a machine shared with othe
 wall time is not comparable), and then the models come from ``mm.zoo`` -- trained once and
 cached, so the book recipe's models are the chapters' own (seed 0) and the data-size bench's.
 Measured per run: joint caption consistency on every seen and every held-out combination by
-both judges (a range), on captions phrased outside the grammar, size coverage with and without
+both judges (a range), on captions phrased outside the grammar (the free phrasings, and the
+fresh ones never used to choose anything: ``grammar.FRESH_TEMPLATES``), size coverage with and without
 caption completion, Frechet distance in judge features, diversity, throughput, sampling latency.
 Writes bench/results/gan.json.
 
@@ -24,7 +27,7 @@ Writes bench/results/gan.json.
 recipes-and-seeds side by side, each in its own process with one torch thread, as ``make book``
 trains its models (the sampling latencies are then measured beside another run, too).
 
-    python bench/gan_bench.py [--budget 180 | --steps 1400 [--jobs 2]] [--seeds 0 1 2] [--recipes book,reed2016,plainbank]
+    python bench/gan_bench.py [--budget 180 | --steps 1400 [--jobs 2]] [--seeds 0 1 2] [--recipes book,reed2016,plainbank,noreadout]
 """
 import argparse
 import dataclasses
@@ -79,10 +82,11 @@ def train_for(recipe: str, config, world, prof, budget: float, seed: int):
 
 
 def run(recipe: str, world, prof, judges, budget: float | None, steps: int | None, seed: int) -> dict:
-    overrides = {"text_norm": "zscore"} if recipe == "zscore" else {}
+    overrides = ({"text_norm": "zscore", "text_readout": False} if recipe == "zscore" else
+                 {"text_readout": False} if recipe == "noreadout" else {})
     if recipe == "plainbank":
         prof = dataclasses.replace(prof, caption_noise=0.0)
-    config = mm.zoo.gan_config(world, prof, recipe="book" if recipe in ("zscore", "plainbank") else recipe,
+    config = mm.zoo.gan_config(world, prof, recipe="book" if recipe in ("zscore", "plainbank", "noreadout") else recipe,
                                **overrides)
     if steps is not None:
         # equal steps: the models come from the zoo (trained once and cached, like the chapters'; the
@@ -99,9 +103,10 @@ def run(recipe: str, world, prof, judges, budget: float | None, steps: int | Non
         out[f"{split}_joint"] = {name: r4(rep[split][name]["joint"]) for name in judges}
         out[f"{split}_joint_range"] = [r4(x) for x in rep[split]["range"]]
         out[f"{split}_judge_agreement"] = r4(rep[split]["agreement"])
-    free = mm.metrics.evaluation_captions(world, "all", seed=seed, phrasing="free")
-    fr = mm.metrics.consistency_by_judge(gan, judges, world, free, n_per_caption=4, seed=seed)
-    out["free_phrasing_joint_range"] = [r4(x) for x in fr["range"]]
+    for phrasing in ("free", "fresh"):
+        caps = mm.metrics.evaluation_captions(world, "all", seed=seed, phrasing=phrasing)
+        fr = mm.metrics.consistency_by_judge(gan, judges, world, caps, n_per_caption=4, seed=seed)
+        out[f"{phrasing}_phrasing_joint_range"] = [r4(x) for x in fr["range"]]
     judge = judges["cnn judge"]
     for complete in (False, True):
         gan.config.complete_captions = complete
@@ -120,7 +125,8 @@ def run(recipe: str, world, prof, judges, budget: float | None, steps: int | Non
                 "sampling_latency_ms": {"1_image": round(1000 * latency(gan, 1), 2),
                                         "64_images": round(1000 * latency(gan, 64), 2)}})
     print(recipe, seed, {k: out[k] for k in ("steps", "seen_joint_range", "heldout_joint_range",
-                                             "free_phrasing_joint_range", "frechet_distance")}, flush=True)
+                                             "free_phrasing_joint_range", "fresh_phrasing_joint_range",
+                                             "frechet_distance")}, flush=True)
     return out
 
 
@@ -137,7 +143,8 @@ def _job(args: tuple) -> dict:
 def summary(runs: list[dict]) -> dict:
     keys = {"seen_low": lambda r: r["seen_joint_range"][0], "seen_high": lambda r: r["seen_joint_range"][1],
             "heldout_low": lambda r: r["heldout_joint_range"][0], "heldout_high": lambda r: r["heldout_joint_range"][1],
-            "free_low": lambda r: r["free_phrasing_joint_range"][0], "fd": lambda r: r["frechet_distance"],
+            "free_low": lambda r: r["free_phrasing_joint_range"][0],
+            "fresh_low": lambda r: r["fresh_phrasing_joint_range"][0], "fd": lambda r: r["frechet_distance"],
             "diversity": lambda r: r["diversity_ratio"], "steps": lambda r: r["steps"],
             "size_tv_alone": lambda r: r["size_coverage_alone"]["tv"],
             "size_tv_completed": lambda r: r["size_coverage_completed"]["tv"]}
@@ -150,9 +157,9 @@ def main():
     ap.add_argument("--budget", type=float, default=180.0, help="wall seconds per run (default 180)")
     ap.add_argument("--steps", type=int, default=None, help="same number of steps for every run instead")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the headline pair")
-    ap.add_argument("--recipes", default="book,reed2016,plainbank,ablation,zscore",
-                    help="comma-separated subset of book,reed2016,plainbank,ablation,zscore (the last two run "
-                         "with one seed)")
+    ap.add_argument("--recipes", default="book,reed2016,plainbank,noreadout,ablation,zscore",
+                    help="comma-separated subset of book,reed2016,plainbank,noreadout,ablation,zscore (the last "
+                         "two run with one seed)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs side by side, one torch thread each (with --steps only; default 1)")
     args = ap.parse_args()
@@ -166,11 +173,11 @@ def main():
     judges = mm.zoo.judges(world, prof, device="cpu", progress=False)
     chosen = [r for r in args.recipes.split(",") if r]
     for r in chosen:
-        mm.checks.choice(r, "recipe", ("book", "reed2016", "plainbank", "ablation", "zscore"))
+        mm.checks.choice(r, "recipe", ("book", "reed2016", "plainbank", "noreadout", "ablation", "zscore"))
     if "book" not in chosen:
         raise SystemExit("--recipes must include book (the targets are the book recipe's)")
     todo = [(recipe, seed) for recipe, seeds in (("book", args.seeds), ("plainbank", args.seeds),
-                                                ("reed2016", args.seeds), ("ablation", args.seeds[:1]),
+                                                ("noreadout", args.seeds), ("reed2016", args.seeds), ("ablation", args.seeds[:1]),
                                                 ("zscore", args.seeds[:1]))
             if recipe in chosen for seed in seeds]
     if args.jobs > 1:
@@ -182,6 +189,7 @@ def main():
     targets = {"seen_joint_>=_0.95_every_seed_both_judges": book["seen_low"]["min"] >= 0.95,
                "heldout_joint_>=_0.90_every_seed_both_judges": book["heldout_low"]["min"] >= 0.90,
                "free_phrasings_>=_0.95_every_seed_both_judges": book["free_low"]["min"] >= 0.95,
+               "fresh_phrasings_>=_0.95_every_seed_both_judges": book["fresh_low"]["min"] >= 0.95,
                "size_each_object_35-65%_completed": all(
                    0.35 <= v <= 0.65 for r in runs if r["recipe"] == "book"
                    for v in r["size_coverage_completed"]["large_share_by_object"].values())}

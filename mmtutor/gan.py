@@ -85,6 +85,15 @@ class GANConfig:
                                    # free phrasings 0.887/0.881/0.894; 24 (gan_bench at 9a1222e, interrupted, not
                                    # kept) 0.859/0.885/0.872 and 0.862/0.900/0.870; seed 0 only: 16 -> held-out
                                    # 0.62, 12 -> 0.10 (a scene needs more than 16 directions)
+    text_readout: bool = True      # G and D also read an attribute readout of the caption: one softmax per
+                                   # attribute over its values and "unstated", fitted on the training captions
+                                   # (condition.py). A wording the bank never used moves it less than it moves
+                                   # the directions. Lower judge, seeds 0/1/2, 1400 steps, first version (an
+                                   # "unstated" class for the size only): free phrasings 0.931/0.912/0.911
+                                   # against 0.887/0.881/0.894 without (gan.json at 65f8bd6), fresh phrasings
+                                   # 0.861/0.818/0.818 against 0.804/0.785/0.785; seen 0.966/0.957/0.961
+                                   # against 0.970/0.956/0.966, held-out 0.905/0.862/0.898 against
+                                   # 0.918/0.862/0.918. bench/results/gan.json measures the version in this file.
     diversity_weight: float = 1.0  # mode-seeking term: one caption, two z, images must differ; 0 = off
     diversity_target: str = "caption"  # spread to reach: "caption" (as much as real images of *that caption*
                                        # differ: more when it leaves the size out) or "combination" (one target)
@@ -101,6 +110,11 @@ class GANConfig:
         checks.choice(self.d_condition, "d_condition", ("projection", "concat"))
         checks.choice(self.text_norm, "text_norm", ("discriminant", "zscore", "raw"))
         checks.count(self.text_dims, "text_dims", maximum=384)
+        if not isinstance(self.text_readout, bool):
+            raise TypeError(f"text_readout must be True or False, got {self.text_readout!r}")
+        if self.text_readout and self.text_norm != "discriminant":
+            raise ValueError(f"text_readout reads the discriminant directions: it needs text_norm='discriminant', "
+                             f"got {self.text_norm!r} (set text_readout=False to use {self.text_norm!r} features)")
         n_halvings(self.image_size)
         for name in ("z_dim", "cond_dim", "g_channels", "d_channels", "d_feat"):
             setattr(self, name, checks.count(getattr(self, name), name, maximum=4096))
@@ -136,7 +150,7 @@ class GANConfig:
         its 4x4 image features, batch norm, BCE, raw sentence features, no SN/EMA/TTUR/diversity
         term; matching-aware D and text interpolation kept."""
         base = dict(d_condition="concat", loss="bce", norm="batch", ema_decay=0.0, lr_g=2e-4, lr_d=2e-4,
-                    betas=(0.5, 0.999), diversity_weight=0.0, text_norm="raw", cond_dim=128)
+                    betas=(0.5, 0.999), diversity_weight=0.0, text_norm="raw", text_readout=False, cond_dim=128)
         return cls(**{**base, **kw})
 
     @property
@@ -326,8 +340,9 @@ class ConditionalGAN(TextToImage):
 
     def __init__(self, config: GANConfig, world: World, aligner=None, device=None, text: CaptionEncoder | None = None):
         if text is None:
+            readout = tuple(len(v) for v in world.attributes.values()) if config.text_readout else ()
             text = CaptionEncoder(config.text_encoder, aligner=aligner, words=config.fusion == "attention",
-                                  norm=config.text_norm, dims=config.text_dims)
+                                  norm=config.text_norm, dims=config.text_dims, readout=readout)
         super().__init__(config, world, text)
         self.G = Generator(config, text.dim, text.word_dim if config.fusion == "attention" else None)
         self.D = Discriminator(config, text.dim)

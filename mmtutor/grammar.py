@@ -177,6 +177,36 @@ FREE_TEMPLATES = [
 ]
 
 
+# A second out-of-template set, written after the training bank (AUGMENT_TEMPLATES, NEUTRAL_WORDS)
+# was fixed and never used to choose anything: FREE_TEMPLATES became a development set when the
+# extra training patterns were written with their failures in view, so this is the honest test
+# of wording. It shares no word with the training wordings nor with FREE_TEMPLATES (a test checks).
+FRESH_TEMPLATES = [
+    "sketch {a} {size} {color} {object} {relation}",
+    "paint {a} {size} {color} {object} {relation}",
+    "requesting {a} {size} {color} {object} {relation}",
+    "there exists {a} {size} {color} {object} {relation}",
+    "grandma forgot {a} {size} {color} {object} {relation}",
+    "the kids abandoned {a} {size} {color} {object} {relation}",
+    "{a} {size} {color} {object} hangs around {relation}",
+    "{a} {size} {object} whose colour is {color} {relation}",
+    "locate {a} {size} {color} {object} {relation}",
+    "a photograph presenting {a} {size} {color} {object} {relation}",
+    "gaze upon {a} {size} {color} {object} {relation}",
+    "{relation} lurks {a} {size} {color} {object}",
+    "{a} {size} {color} {object} chilling {relation}",
+    "{a} bright {color} {size} {object} {relation}",
+    "do you see {a} {size} {color} {object} {relation}",
+    "there remains {a} {size} {color} {object} {relation}",
+    "a cartoon of {a} {size} {color} {object} {relation}",
+    "{a} {size} {color} {object} got stuck {relation}",
+    "presumably {a} {size} {color} {object} sat {relation}",
+    "{a} {size} {color} {object} {relation} as requested",
+]
+
+PHRASINGS = {"free": FREE_TEMPLATES, "fresh": FRESH_TEMPLATES}   # the out-of-template sets, by name
+
+
 def describe(attrs: dict, seed: int | None = None, template: int | None = None,
              templates: list | None = None, noise: bool = False) -> str:
     """Write a caption for ``attrs`` (attribute -> canonical value; absent attributes are not
@@ -208,10 +238,17 @@ def _scatter(template: str, rng: random.Random, drop: float = 0.3, most: int = 3
     return " ".join(parts)
 
 
-def free_caption(attrs: dict, seed: int | None = None, template: int | None = None) -> str:
-    """A caption phrased outside the training grammar (``FREE_TEMPLATES``) naming all four attributes."""
+def free_caption(attrs: dict, seed: int | None = None, template: int | None = None,
+                 phrasing: str = "free") -> str:
+    """A caption phrased outside the training grammar naming all four attributes, from
+    ``FREE_TEMPLATES`` (``phrasing="free"``) or ``FRESH_TEMPLATES`` (``"fresh"``)."""
+    if phrasing not in PHRASINGS:
+        raise ValueError(f"phrasing must be one of {sorted(PHRASINGS)}, got {phrasing!r}")
+    templates = PHRASINGS[phrasing]
     rng = random.Random(seed)
-    text = FREE_TEMPLATES[rng.randrange(len(FREE_TEMPLATES)) if template is None else template]
+    if template is not None and not 0 <= template < len(templates):
+        raise ValueError(f"template must be 0..{len(templates) - 1} for phrasing={phrasing!r}, got {template!r}")
+    text = templates[rng.randrange(len(templates)) if template is None else template]
     words = {k: rng.choice(SYNONYMS[k][attrs[k]]) for k in SYNONYMS}
     return _finish(text.format(a="{a}", **words))
 

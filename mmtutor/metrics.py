@@ -45,12 +45,18 @@ def caption_attrs_tensor(world: World, captions: list[str], strict: bool = True)
 def evaluation_captions(world: World, split: str, per_combo: int = 1, seed: int = 0,
                         phrasing: str = "template") -> list[str]:
     """One (or ``per_combo``) fresh full caption per attribute combination of a split.
-    ``phrasing="free"`` writes them outside the training grammar (grammar.FREE_TEMPLATES)."""
+    ``phrasing="free"`` writes them outside the training grammar (grammar.FREE_TEMPLATES, the
+    set the training bank's extra patterns were written against); ``"fresh"`` with
+    grammar.FRESH_TEMPLATES, never used to choose anything."""
     checks.choice(split, "split", world.splits)
-    checks.choice(phrasing, "phrasing", ("template", "free"))
+    checks.choice(phrasing, "phrasing", ("template", "free", "fresh"))
     per_combo = checks.count(per_combo, "per_combo")
     rng = torch.Generator().manual_seed(checks.seed(seed))
-    write = world.caption if phrasing == "template" else world.free_caption
+    if phrasing == "template":
+        write = world.caption
+    else:
+        def write(attrs, seed):
+            return world.free_caption(attrs, seed=seed, phrasing=phrasing)
     return [write(world.attrs_of(combo), seed=int(torch.randint(2**31, (1,), generator=rng)))
             for combo in world.splits[split] for _ in range(per_combo)]
 

@@ -157,9 +157,10 @@ class World:
             raise ValueError("a caption needs an object; choose one of: " + ", ".join(OBJECTS))
         return grammar.describe(attrs, seed=seed, template=template)
 
-    def free_caption(self, attrs: dict, seed: int | None = None) -> str:
-        """A caption phrased outside the training grammar (grammar.FREE_TEMPLATES), naming all four attributes."""
-        return grammar.free_caption(self._check(dict(attrs)), seed=seed)
+    def free_caption(self, attrs: dict, seed: int | None = None, phrasing: str = "free") -> str:
+        """A caption phrased outside the training grammar, naming all four attributes:
+        grammar.FREE_TEMPLATES (``phrasing="free"``) or grammar.FRESH_TEMPLATES (``"fresh"``)."""
+        return grammar.free_caption(self._check(dict(attrs)), seed=seed, phrasing=phrasing)
 
     def parse(self, caption: str, strict: bool = True) -> dict:
         """Caption -> attributes it names, canonical values. Raises ValueError on an empty

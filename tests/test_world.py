@@ -112,9 +112,28 @@ def test_free_phrasings_share_no_word_with_any_training_wording():
     grammar_words = g.template_words(g.TEMPLATES) | g.FILLER
     attribute_words = {w for table in g.SYNONYMS.values() for names in table.values() for n in names for w in n.split()}
     free = g.template_words(g.FREE_TEMPLATES)
-    assert not (g.template_words(g.AUGMENT_TEMPLATES) - grammar_words) & free
-    assert not set(g.NEUTRAL_WORDS) & (free | attribute_words | grammar_words | g.template_words(g.AUGMENT_TEMPLATES))
+    fresh = g.template_words(g.FRESH_TEMPLATES)
+    extra = g.template_words(g.AUGMENT_TEMPLATES) - grammar_words
+    assert not extra & free
+    assert not extra & fresh
+    assert not (fresh - grammar_words) & free          # the two test sets are independent too
+    assert not set(g.NEUTRAL_WORDS) & (free | fresh | attribute_words | grammar_words |
+                                       g.template_words(g.AUGMENT_TEMPLATES))
     assert len(set(g.NEUTRAL_WORDS)) == len(g.NEUTRAL_WORDS)
+
+
+def test_fresh_phrasings_name_every_attribute(world):
+    for combo in world.splits["all"][::37]:
+        attrs = world.attrs_of(combo)
+        for t in range(len(mm.grammar.FRESH_TEMPLATES)):
+            caption = mm.grammar.free_caption(attrs, seed=t, template=t, phrasing="fresh")
+            assert world.parse(caption, strict=False) == attrs, caption
+    caps = mm.metrics.evaluation_captions(world, "heldout", phrasing="fresh")
+    assert len(caps) == len(world.splits["heldout"])
+    with pytest.raises(ValueError, match="phrasing must be one of"):
+        mm.grammar.free_caption(attrs, phrasing="odd")
+    with pytest.raises(ValueError, match="template must be 0..19"):
+        mm.grammar.free_caption(attrs, template=20, phrasing="fresh")
 
 
 def test_caption_seed_varies_words_and_is_deterministic(world):
