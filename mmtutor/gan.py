@@ -88,12 +88,10 @@ class GANConfig:
     text_readout: bool = True      # G and D also read an attribute readout of the caption: one softmax per
                                    # attribute over its values and "unstated", fitted on the training captions
                                    # (condition.py). A wording the bank never used moves it less than it moves
-                                   # the directions. Lower judge, seeds 0/1/2, 1400 steps, first version (an
-                                   # "unstated" class for the size only): free phrasings 0.931/0.912/0.911
-                                   # against 0.887/0.881/0.894 without (gan.json at 65f8bd6), fresh phrasings
-                                   # 0.861/0.818/0.818 against 0.804/0.785/0.785; seen 0.966/0.957/0.961
-                                   # against 0.970/0.956/0.966, held-out 0.905/0.862/0.898 against
-                                   # 0.918/0.862/0.918. bench/results/gan.json measures the version in this file.
+                                   # the directions. bench/results/gan.json (ebb5a38, 3 seeds, lower judge),
+                                   # with against without (recipe noreadout): free phrasings 0.910 against
+                                   # 0.880 and fresh ones 0.833 against 0.788, higher on every seed; seen 0.955
+                                   # against 0.962, held-out 0.864 (0.845-0.882) against 0.890 (0.842-0.931)
     diversity_weight: float = 1.0  # mode-seeking term: one caption, two z, images must differ; 0 = off
     diversity_target: str = "caption"  # spread to reach: "caption" (as much as real images of *that caption*
                                        # differ: more when it leaves the size out) or "combination" (one target)

@@ -62,8 +62,9 @@ class Profile:
     captions_per_combo: int = 24  # the caption bank: captions per attribute combination
     caption_augment: float = 0.5  # share of the caption bank written with grammar.AUGMENT_TEMPLATES
     caption_noise: float = 0.3    # share of the caption bank with grammar.NEUTRAL_WORDS scattered in (book GAN,
-                                  # 3 seeds, gan.json at 65f8bd6: free phrasings 0.881-0.894 joint instead of
-                                  # 0.766-0.803 without them, seen and held-out alike; gan_bench, recipe plainbank)
+                                  # 3 seeds, gan.json at ebb5a38: free phrasings 0.902-0.921 joint instead of
+                                  # 0.813-0.842 without them, fresh ones 0.830-0.835 instead of 0.743-0.747,
+                                  # seen and held-out alike; gan_bench, recipe plainbank)
     batch_size: int = 64          # GAN batch size
     gan_steps: int = 1400         # generator updates
     align_steps: int = 200        # contrastive-alignment updates (semantic R@1 1.000 on held-out pairs; 150: 0.97)
