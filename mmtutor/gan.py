@@ -81,9 +81,10 @@ class GANConfig:
     text_norm: str = "discriminant"  # sentence vector: "discriminant" (scene directions, see condition.py),
                                      # "zscore" (each feature standardised) or "raw"
     text_dims: int = 32            # directions kept by the discriminant projection. With the caption bank of
-                                   # 9a1222e, lower judge, seeds 0/1/2: 32 (gan.json) held-out 0.918/0.862/0.918,
-                                   # free phrasings 0.887/0.881/0.894; 24 (gan_bench at 9a1222e, interrupted, not
-                                   # kept) 0.859/0.885/0.872 and 0.862/0.900/0.870; seed 0 only: 16 -> held-out
+                                   # 9a1222e, no readout, lower judge, seeds 0/1/2: 32 (gan.json at 65f8bd6)
+                                   # held-out 0.918/0.862/0.918, free phrasings 0.887/0.881/0.894; 24
+                                   # (gan_bench at 9a1222e, interrupted, not kept) 0.859/0.885/0.872 and
+                                   # 0.862/0.900/0.870; seed 0 only: 16 -> held-out
                                    # 0.62, 12 -> 0.10 (a scene needs more than 16 directions)
     text_readout: bool = True      # G and D also read an attribute readout of the caption: one softmax per
                                    # attribute over its values and "unstated", fitted on the training captions
