@@ -149,8 +149,9 @@ class CaptionEncoder(nn.Module):
         self.word_dim = enc.dim
         self.register_buffer("mean", torch.zeros(self.feature_dim))              # of the raw features
         self.register_buffer("proj", torch.eye(self.feature_dim, base))          # (F, base)
-        self.register_buffer("readout_w", torch.zeros(base, self.readout_dim))   # (base, R) logits per class
-        self.register_buffer("readout_b", torch.zeros(self.readout_dim))
+        if self.readout:               # only then, so checkpoints written without a readout still load
+            self.register_buffer("readout_w", torch.zeros(base, self.readout_dim))   # (base, R) logits per class
+            self.register_buffer("readout_b", torch.zeros(self.readout_dim))
         self.register_buffer("out_mean", torch.zeros(self.dim))
         self.register_buffer("out_std", torch.ones(self.dim))
         self.register_buffer("fitted", torch.tensor(False))
@@ -300,14 +301,18 @@ class CaptionEncoder(nn.Module):
             raise ValueError("this caption encoder has no attribute readout (readout=())")
         if not bool(self.fitted):
             raise ValueError("the attribute readout is fitted with the encoder: call fit(captions, labels) first")
-        z = (self.features(captions).pooled - self.mean) @ self.proj
+        z = self._directions(self.features(captions).pooled)
         return list(self._probabilities(z).split([k + 1 for k in self.readout], 1))
+
+    def _directions(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(N, F) raw sentence features -> (N, base) centred and projected (before the output scaling)."""
+        return (pooled - self.mean) @ self.proj
 
     def normalise(self, pooled: torch.Tensor) -> torch.Tensor:
         """(N, F) raw sentence features -> (N, dim) what the networks read."""
         if self.norm == "raw":
             return pooled
-        z = (pooled - self.mean) @ self.proj
+        z = self._directions(pooled)
         if self.readout:
             z = torch.cat([z, self._probabilities(z)], 1)
         return (z - self.out_mean) / self.out_std

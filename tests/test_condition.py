@@ -67,3 +67,10 @@ def test_gan_config_checks_the_readout():
     with pytest.raises(TypeError, match="text_readout must be True or False"):
         mm.GANConfig(text_readout="yes")
     assert mm.GANConfig.reed2016().text_readout is False
+
+
+def test_without_a_readout_the_state_is_as_before(minilm):
+    """Checkpoints written before the readout existed hold no readout buffers and must still load."""
+    state = CaptionEncoder("minilm").state_dict()
+    assert not any(k.startswith("readout") for k in state)
+    CaptionEncoder("minilm").load_state_dict(state)
