@@ -8,9 +8,11 @@ discriminator and caption features); "zscore" (the book's recipe on z-scored Min
 instead of the discriminant projection, without the attribute readout). The headline pair (book,
 reed2016) runs with three seeds; the ablations with one. "plainbank" is the book's recipe trained
 on a caption bank without neutral words (``caption_noise=0``, see ``mm.data.PairPool``) and
-"noreadout" the book's recipe without the attribute readout (``text_readout=False``, see
-``mm.condition``), each with every seed of the headline pair: they measure what the neutral words
-and the readout buy on free and fresh phrasings and cost elsewhere.
+"noreadout" the book's recipe without the attribute readout (``text_readout="none"``, see
+``mm.condition``), "tokreadout" with the readout on MiniLM's token vectors instead of the
+discriminant directions (``text_readout="tokens"``) and "tokonly" with that readout alone, no
+directions (``text_dims=0``), each with every seed of the headline pair: they measure what the
+neutral words and each readout buy on phrasings outside the grammar and cost elsewhere.
 
 Budget: ``--budget`` wall seconds per run (default 180), MiniLM loading, caption encoding and
 pool rendering included and reported separately, every run trained from scratch; ``--steps``
@@ -19,7 +21,8 @@ wall time is not comparable), and then the models come from ``mm.zoo`` -- traine
 cached, so the book recipe's models are the chapters' own (seed 0) and the data-size bench's.
 Measured per run: joint caption consistency on every seen and every held-out combination by
 both judges (a range), on captions phrased outside the grammar (the free phrasings, and the
-fresh ones never used to choose anything: ``grammar.FRESH_TEMPLATES``), size coverage with and without
+fresh ones never used to choose anything: ``grammar.FRESH_TEMPLATES``, and a third set written
+after those had been examined: ``grammar.THIRD_TEMPLATES``), size coverage with and without
 caption completion, Frechet distance in judge features, diversity, throughput, sampling latency.
 Writes bench/results/gan.json.
 
@@ -82,7 +85,8 @@ def train_for(recipe: str, config, world, prof, budget: float, seed: int):
 
 
 # variants of the book's recipe: their config overrides ("plainbank" changes the caption bank instead)
-BOOK_VARIANTS = {"zscore": {"text_norm": "zscore", "text_readout": False}, "noreadout": {"text_readout": False},
+BOOK_VARIANTS = {"zscore": {"text_norm": "zscore", "text_readout": "none"}, "noreadout": {"text_readout": "none"},
+                 "tokreadout": {"text_readout": "tokens"}, "tokonly": {"text_readout": "tokens", "text_dims": 0},
                  "plainbank": {}}
 
 
@@ -106,7 +110,7 @@ def run(recipe: str, world, prof, judges, budget: float | None, steps: int | Non
         out[f"{split}_joint"] = {name: r4(rep[split][name]["joint"]) for name in judges}
         out[f"{split}_joint_range"] = [r4(x) for x in rep[split]["range"]]
         out[f"{split}_judge_agreement"] = r4(rep[split]["agreement"])
-    for phrasing in ("free", "fresh"):
+    for phrasing in mm.grammar.PHRASINGS:                          # free, fresh, third
         caps = mm.metrics.evaluation_captions(world, "all", seed=seed, phrasing=phrasing)
         fr = mm.metrics.consistency_by_judge(gan, judges, world, caps, n_per_caption=4, seed=seed)
         out[f"{phrasing}_phrasing_joint_range"] = [r4(x) for x in fr["range"]]
@@ -129,7 +133,7 @@ def run(recipe: str, world, prof, judges, budget: float | None, steps: int | Non
                                         "64_images": round(1000 * latency(gan, 64), 2)}})
     print(recipe, seed, {k: out[k] for k in ("steps", "seen_joint_range", "heldout_joint_range",
                                              "free_phrasing_joint_range", "fresh_phrasing_joint_range",
-                                             "frechet_distance")}, flush=True)
+                                             "third_phrasing_joint_range", "frechet_distance")}, flush=True)
     return out
 
 
@@ -147,7 +151,8 @@ def summary(runs: list[dict]) -> dict:
     keys = {"seen_low": lambda r: r["seen_joint_range"][0], "seen_high": lambda r: r["seen_joint_range"][1],
             "heldout_low": lambda r: r["heldout_joint_range"][0], "heldout_high": lambda r: r["heldout_joint_range"][1],
             "free_low": lambda r: r["free_phrasing_joint_range"][0],
-            "fresh_low": lambda r: r["fresh_phrasing_joint_range"][0], "fd": lambda r: r["frechet_distance"],
+            "fresh_low": lambda r: r["fresh_phrasing_joint_range"][0],
+            "third_low": lambda r: r["third_phrasing_joint_range"][0], "fd": lambda r: r["frechet_distance"],
             "diversity": lambda r: r["diversity_ratio"], "steps": lambda r: r["steps"],
             "size_tv_alone": lambda r: r["size_coverage_alone"]["tv"],
             "size_tv_completed": lambda r: r["size_coverage_completed"]["tv"]}
@@ -160,9 +165,9 @@ def main():
     ap.add_argument("--budget", type=float, default=180.0, help="wall seconds per run (default 180)")
     ap.add_argument("--steps", type=int, default=None, help="same number of steps for every run instead")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the headline pair")
-    ap.add_argument("--recipes", default="book,reed2016,plainbank,noreadout,ablation,zscore",
-                    help="comma-separated subset of book,reed2016,plainbank,noreadout,ablation,zscore (the last "
-                         "two run with one seed)")
+    ap.add_argument("--recipes", default="book,reed2016,plainbank,noreadout,tokreadout,tokonly,ablation,zscore",
+                    help="comma-separated subset of book,reed2016,plainbank,noreadout,tokreadout,tokonly,ablation,"
+                         "zscore (the last two run with one seed)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs side by side, one torch thread each (with --steps only; default 1)")
     args = ap.parse_args()
@@ -176,11 +181,13 @@ def main():
     judges = mm.zoo.judges(world, prof, device="cpu", progress=False)
     chosen = [r for r in args.recipes.split(",") if r]
     for r in chosen:
-        mm.checks.choice(r, "recipe", ("book", "reed2016", "plainbank", "noreadout", "ablation", "zscore"))
+        mm.checks.choice(r, "recipe", ("book", "reed2016", "plainbank", "noreadout", "tokreadout", "tokonly",
+                                       "ablation", "zscore"))
     if "book" not in chosen:
         raise SystemExit("--recipes must include book (the targets are the book recipe's)")
     todo = [(recipe, seed) for recipe, seeds in (("book", args.seeds), ("plainbank", args.seeds),
-                                                ("noreadout", args.seeds), ("reed2016", args.seeds),
+                                                ("noreadout", args.seeds), ("tokreadout", args.seeds),
+                                                ("tokonly", args.seeds), ("reed2016", args.seeds),
                                                 ("ablation", args.seeds[:1]), ("zscore", args.seeds[:1]))
             if recipe in chosen for seed in seeds]
     if args.jobs > 1:
@@ -193,6 +200,7 @@ def main():
                "heldout_joint_>=_0.90_every_seed_both_judges": book["heldout_low"]["min"] >= 0.90,
                "free_phrasings_>=_0.95_every_seed_both_judges": book["free_low"]["min"] >= 0.95,
                "fresh_phrasings_>=_0.95_every_seed_both_judges": book["fresh_low"]["min"] >= 0.95,
+               "third_phrasings_>=_0.95_every_seed_both_judges": book["third_low"]["min"] >= 0.95,
                "size_each_object_35-65%_completed": all(
                    0.35 <= v <= 0.65 for r in runs if r["recipe"] == "book"
                    for v in r["size_coverage_completed"]["large_share_by_object"].values())}

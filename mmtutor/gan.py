@@ -41,7 +41,7 @@ import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from . import checks, distributed, runtime
-from .condition import CaptionEncoder, TextCondition
+from .condition import READOUT_INPUTS, CaptionEncoder, TextCondition
 from .data import PairPool
 from .fusion import FUSIONS
 from .loop import EMA, Loop, TrainConfig, TrainingDiverged
@@ -49,6 +49,9 @@ from .losses import discriminator_loss, diversity_loss, generator_loss
 from .text2image import NoiseStreams, TextToImage
 from .vision import n_halvings
 from .world import World
+
+
+READOUTS = READOUT_INPUTS + ("none",)   # GANConfig.text_readout
 
 
 # ======================================================================================
@@ -85,14 +88,15 @@ class GANConfig:
                                    # held-out 0.918/0.862/0.918, free phrasings 0.887/0.881/0.894; 24
                                    # (gan_bench at 9a1222e, interrupted, not kept) 0.859/0.885/0.872 and
                                    # 0.862/0.900/0.870; seed 0 only: 16 -> held-out
-                                   # 0.62, 12 -> 0.10 (a scene needs more than 16 directions)
-    text_readout: bool = True      # G and D also read an attribute readout of the caption: one softmax per
+                                   # 0.62, 12 -> 0.10 (a scene needs more than 16 directions). 0 (with
+                                   # text_readout="tokens" only): G and D read the token readout alone
+    text_readout: str = "sentence" # G and D also read an attribute readout of the caption: one softmax per
                                    # attribute over its values and "unstated", fitted on the training captions
-                                   # (condition.py). A wording the bank never used moves it less than it moves
-                                   # the directions. bench/results/gan.json (ebb5a38, 3 seeds, lower judge),
-                                   # with against without (recipe noreadout): free phrasings 0.910 against
-                                   # 0.880 and fresh ones 0.833 against 0.788, higher on every seed; seen 0.955
-                                   # against 0.962, held-out 0.864 (0.845-0.882) against 0.890 (0.842-0.931)
+                                   # (condition.py). "sentence": it reads the discriminant directions; "tokens":
+                                   # MiniLM's token vectors, which it reads right for far more phrasings outside
+                                   # the grammar; "none": no readout (True / False, the older spelling, mean
+                                   # "sentence" / "none"). What the GAN draws with each: bench/results/gan.json
+                                   # (recipes book, tokreadout, tokonly, noreadout; README)
     diversity_weight: float = 1.0  # mode-seeking term: one caption, two z, images must differ; 0 = off
     diversity_target: str = "caption"  # spread to reach: "caption" (as much as real images of *that caption*
                                        # differ: more when it leaves the size out) or "combination" (one target)
@@ -108,12 +112,17 @@ class GANConfig:
         checks.choice(self.norm, "norm", ("spectral", "batch"))
         checks.choice(self.d_condition, "d_condition", ("projection", "concat"))
         checks.choice(self.text_norm, "text_norm", ("discriminant", "zscore", "raw"))
-        checks.count(self.text_dims, "text_dims", maximum=384)
-        if not isinstance(self.text_readout, bool):
-            raise TypeError(f"text_readout must be True or False, got {self.text_readout!r}")
-        if self.text_readout and self.text_norm != "discriminant":
-            raise ValueError(f"text_readout reads the discriminant directions: it needs text_norm='discriminant', "
-                             f"got {self.text_norm!r} (set text_readout=False to use {self.text_norm!r} features)")
+        if isinstance(self.text_readout, bool):          # configs written before the token readout
+            self.text_readout = "sentence" if self.text_readout else "none"
+        checks.choice(self.text_readout, "text_readout", READOUTS)
+        if self.text_readout == "sentence" and self.text_norm != "discriminant":
+            raise ValueError(f"text_readout='sentence' reads the discriminant directions: it needs "
+                             f"text_norm='discriminant', got {self.text_norm!r} (use text_readout='tokens' or 'none')")
+        if self.text_readout != "none" and self.text_norm == "raw":
+            raise ValueError("the attribute readout is fitted with the text normalisation and text_norm='raw' "
+                             "fits none: use text_readout='none' with raw features")
+        only_readout = self.text_readout == "tokens" and self.text_norm == "discriminant"
+        checks.count(self.text_dims, "text_dims", maximum=384, minimum=0 if only_readout else 1)
         n_halvings(self.image_size)
         for name in ("z_dim", "cond_dim", "g_channels", "d_channels", "d_feat"):
             setattr(self, name, checks.count(getattr(self, name), name, maximum=4096))
@@ -149,7 +158,7 @@ class GANConfig:
         its 4x4 image features, batch norm, BCE, raw sentence features, no SN/EMA/TTUR/diversity
         term; matching-aware D and text interpolation kept."""
         base = dict(d_condition="concat", loss="bce", norm="batch", ema_decay=0.0, lr_g=2e-4, lr_d=2e-4,
-                    betas=(0.5, 0.999), diversity_weight=0.0, text_norm="raw", text_readout=False, cond_dim=128)
+                    betas=(0.5, 0.999), diversity_weight=0.0, text_norm="raw", text_readout="none", cond_dim=128)
         return cls(**{**base, **kw})
 
     @property
@@ -339,9 +348,10 @@ class ConditionalGAN(TextToImage):
 
     def __init__(self, config: GANConfig, world: World, aligner=None, device=None, text: CaptionEncoder | None = None):
         if text is None:
-            readout = tuple(len(v) for v in world.attributes.values()) if config.text_readout else ()
+            readout = tuple(len(v) for v in world.attributes.values()) if config.text_readout != "none" else ()
             text = CaptionEncoder(config.text_encoder, aligner=aligner, words=config.fusion == "attention",
-                                  norm=config.text_norm, dims=config.text_dims, readout=readout)
+                                  norm=config.text_norm, dims=config.text_dims, readout=readout,
+                                  readout_input=config.text_readout if readout else "tokens")
         super().__init__(config, world, text)
         self.G = Generator(config, text.dim, text.word_dim if config.fusion == "attention" else None)
         self.D = Discriminator(config, text.dim)

@@ -204,7 +204,39 @@ FRESH_TEMPLATES = [
     "{a} {size} {color} {object} {relation} as requested",
 ]
 
-PHRASINGS = {"free": FREE_TEMPLATES, "fresh": FRESH_TEMPLATES}   # the out-of-template sets, by name
+# A third set, written on 2026-12-06 after FRESH_TEMPLATES had been examined pattern by pattern and
+# before the token readout (condition.py) was tried: it scored that readout and the GANs of the
+# gan benchmark, and nothing was chosen by looking at its patterns. It shares no word with the
+# training wordings nor with the two sets above (a test checks).
+THIRD_TEMPLATES = [
+    "a postcard bearing {a} {size} {color} {object} {relation}",
+    "the cat knocked {a} {size} {color} {object} {relation}",
+    "{a} {size} {color} {object} rolled {relation}",
+    "guests noticed {a} {size} {color} {object} {relation}",
+    "envision {a} {size} {color} {object} {relation}",
+    "fetch {a} {size} {color} {object} {relation}",
+    "{a} {size} {color} {object} belongs {relation}",
+    "{relation} dozes {a} {size} {color} {object}",
+    "{a} {color} {object} , {size} overall , {relation}",
+    "mom bought {a} {size} {color} {object} {relation}",
+    "allegedly {a} {size} {color} {object} remained {relation}",
+    "watercolor study : {a} {size} {color} {object} {relation}",
+    "{a} {size} {color} {object} parked {relation}",
+    "inventory item : {a} {size} {color} {object} {relation}",
+    "grab {a} {size} {color} {object} {relation}",
+    "witness {a} {size} {color} {object} {relation}",
+    "{a} {size} {color} {object} dangling {relation}",
+    "somewhere {relation} , {a} {size} {color} {object}",
+    "{a} glossy {color} {size} {object} {relation}",
+    "uncle tossed {a} {size} {color} {object} {relation}",
+    "{a} {size} {color} {object} ended up {relation}",
+    "{a} {size} {object} dyed {color} {relation}",
+    "tourists photographed {a} {size} {color} {object} {relation}",
+    "{a} {size} {color} {object} , untouched , {relation}",
+]
+
+# the out-of-template sets, by name
+PHRASINGS = {"free": FREE_TEMPLATES, "fresh": FRESH_TEMPLATES, "third": THIRD_TEMPLATES}
 
 
 def describe(attrs: dict, seed: int | None = None, template: int | None = None,
@@ -241,7 +273,8 @@ def _scatter(template: str, rng: random.Random, drop: float = 0.3, most: int = 3
 def free_caption(attrs: dict, seed: int | None = None, template: int | None = None,
                  phrasing: str = "free") -> str:
     """A caption phrased outside the training grammar naming all four attributes, from
-    ``FREE_TEMPLATES`` (``phrasing="free"``) or ``FRESH_TEMPLATES`` (``"fresh"``)."""
+    ``FREE_TEMPLATES`` (``phrasing="free"``), ``FRESH_TEMPLATES`` (``"fresh"``) or ``THIRD_TEMPLATES``
+    (``"third"``)."""
     if phrasing not in PHRASINGS:
         raise ValueError(f"phrasing must be one of {sorted(PHRASINGS)}, got {phrasing!r}")
     templates = PHRASINGS[phrasing]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from . import checks
+from . import checks, grammar
 from .data import caption_matches
 from .judge import Judge, all_named_right, attribute_accuracy, judge_accuracy, train_judge  # noqa: F401 (re-exported)
 from .world import World
@@ -47,9 +47,10 @@ def evaluation_captions(world: World, split: str, per_combo: int = 1, seed: int 
     """One (or ``per_combo``) fresh full caption per attribute combination of a split.
     ``phrasing="free"`` writes them outside the training grammar (grammar.FREE_TEMPLATES, the
     set the training bank's extra patterns were written against); ``"fresh"`` with
-    grammar.FRESH_TEMPLATES, never used to choose anything."""
+    grammar.FRESH_TEMPLATES, never used to choose anything; ``"third"`` with grammar.THIRD_TEMPLATES,
+    written after the fresh ones had been examined pattern by pattern."""
     checks.choice(split, "split", world.splits)
-    checks.choice(phrasing, "phrasing", ("template", "free", "fresh"))
+    checks.choice(phrasing, "phrasing", ("template",) + tuple(grammar.PHRASINGS))
     per_combo = checks.count(per_combo, "per_combo")
     rng = torch.Generator().manual_seed(checks.seed(seed))
     if phrasing == "template":

@@ -35,6 +35,7 @@ from . import checks
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+TOKEN_DTYPE = torch.float16      # MiniLM's token vectors as cached and stored (half the bytes)
 
 
 def _quiet_transformers():
@@ -243,7 +244,7 @@ class MiniLM(TextEncoder):
         self.persist = True
         self._pooled: dict[str, torch.Tensor] = {}       # caption -> (D,) pooled feature, CPU
         self._tokens: dict[str, torch.Tensor] = {}       # caption -> (n, D) token features, CPU
-        self._store_read = None                          # the feature file last read (a Path), if any
+        self._store_read: dict = {}                      # kind -> the feature file last read (a Path)
 
     def train(self, mode: bool = True):  # frozen: always in eval mode (no dropout)
         return super().train(False)
@@ -268,8 +269,8 @@ class MiniLM(TextEncoder):
     def _fill_cache(self, captions: list[str], tokens: bool = False, batch_size: int = 256):
         """Encode the captions not cached yet (those without token features if ``tokens``)."""
         have = self._tokens if tokens else self._pooled
-        if not tokens and self.persist and any(c not in have for c in captions):
-            self._read_store()
+        if self.persist and any(c not in have for c in captions):
+            self._read_store("tokens" if tokens else "features")
         todo = list(dict.fromkeys(c for c in captions if c not in have))
         if not todo:
             return
@@ -281,44 +282,64 @@ class MiniLM(TextEncoder):
             out, pooled = self(**enc)
             for j, c in enumerate(chunk):
                 n = int(enc["attention_mask"][j].sum())
-                self._tokens[c] = out[j, :n].cpu()
-                self._pooled.setdefault(c, pooled[j].cpu())   # a feature read from disk stays as it was
+                # kept in half precision, in memory as on disk, so a process that reads them sees the
+                # numbers the one that computed them saw; a feature read from disk stays as it was
+                self._tokens.setdefault(c, out[j, :n].to(TOKEN_DTYPE).cpu())
+                self._pooled.setdefault(c, pooled[j].cpu())
         if self.persist and len(todo) >= self.persist_min:
-            self._write_store()
+            self._write_store("features")
+            self._write_store("tokens")
 
     # ---------------------------------------------------------------- the features on disk
-    def store_path(self):
-        """The file that keeps this model's pooled caption features between processes."""
+    def store_path(self, kind: str = "features"):
+        """The file that keeps this model's caption features between processes: the pooled vectors
+        (``"features"``) or the token vectors (``"tokens"``, half precision)."""
         from . import runtime
-        return runtime.cache_dir() / f"minilm-features-{_model_fingerprint(self.path)}.pt"
+        checks.choice(kind, "feature store", ("features", "tokens"))
+        return runtime.cache_dir() / f"minilm-{kind}-{_model_fingerprint(self.path)}.pt"
 
-    def _read_store(self):
-        path = self.store_path()
-        if self._store_read == path:
+    def _read_store(self, kind: str):
+        path = self.store_path(kind)
+        if self._store_read.get(kind) == path:
             return
-        self._store_read = path
+        self._store_read[kind] = path
         if not path.exists():
             return
         try:
             blob = torch.load(path, weights_only=True)
-            pooled, caps = blob["pooled"], blob["captions"]
-            if pooled.shape != (len(caps), self.dim):
-                raise ValueError(f"{len(caps)} captions but features of shape {tuple(pooled.shape)}")
+            caps = blob["captions"]
+            if kind == "features":
+                rows = blob["pooled"]
+                if rows.shape != (len(caps), self.dim):
+                    raise ValueError(f"{len(caps)} captions but features of shape {tuple(rows.shape)}")
+            else:
+                lengths, flat = blob["lengths"], blob["tokens"]
+                if len(lengths) != len(caps) or flat.shape != (int(lengths.sum()), self.dim):
+                    raise ValueError(f"{len(caps)} captions, {len(lengths)} lengths and token features of shape "
+                                     f"{tuple(flat.shape)}")
+                rows = flat.to(TOKEN_DTYPE).split(lengths.tolist())
         except Exception as e:  # a damaged or foreign file: say so, then encode afresh and replace it
             import warnings
             warnings.warn(f"MiniLM: ignoring the caption-feature file {path} ({e}); the captions are encoded "
                           "again and the file rewritten", stacklevel=3)
             return
-        for c, f in zip(caps, pooled):
-            self._pooled.setdefault(c, f)
+        have = self._pooled if kind == "features" else self._tokens
+        for c, f in zip(caps, rows):
+            have.setdefault(c, f)
 
-    def _write_store(self):
-        path = self.store_path()
-        self._store_read = None
-        self._read_store()                     # another process may have added captions meanwhile
-        caps = list(self._pooled)
+    def _write_store(self, kind: str):
+        path = self.store_path(kind)
+        self._store_read.pop(kind, None)
+        self._read_store(kind)                 # another process may have added captions meanwhile
+        have = self._pooled if kind == "features" else self._tokens
+        caps = list(have)
+        if kind == "features":
+            blob = {"captions": caps, "pooled": torch.stack([have[c] for c in caps])}
+        else:
+            blob = {"captions": caps, "lengths": torch.tensor([len(have[c]) for c in caps]),
+                    "tokens": torch.cat([have[c] for c in caps])}
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save({"captions": caps, "pooled": torch.stack([self._pooled[c] for c in caps])}, tmp)
+        torch.save(blob, tmp)
         os.replace(tmp, path)                  # atomic: a reader sees the old file or the new one
 
     # ---------------------------------------------------------------- the interface
@@ -331,7 +352,7 @@ class MiniLM(TextEncoder):
         captions = checks.captions(captions, "MiniLM")
         self._fill_cache(captions, tokens=True)
         out, mask = pad_sequences([self._tokens[c] for c in captions])
-        return out.to(self.device), mask.to(self.device)
+        return out.float().to(self.device), mask.to(self.device)
 
 
 def _model_fingerprint(path: str) -> str:

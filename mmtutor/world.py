@@ -159,7 +159,8 @@ class World:
 
     def free_caption(self, attrs: dict, seed: int | None = None, phrasing: str = "free") -> str:
         """A caption phrased outside the training grammar, naming all four attributes:
-        grammar.FREE_TEMPLATES (``phrasing="free"``) or grammar.FRESH_TEMPLATES (``"fresh"``)."""
+        grammar.FREE_TEMPLATES (``phrasing="free"``), grammar.FRESH_TEMPLATES (``"fresh"``) or
+        grammar.THIRD_TEMPLATES (``"third"``)."""
         return grammar.free_caption(self._check(dict(attrs)), seed=seed, phrasing=phrasing)
 
     def parse(self, caption: str, strict: bool = True) -> dict:

@@ -9,9 +9,10 @@ from mmtutor.condition import CaptionEncoder
 VALUES = (8, 6, 4, 2)          # colours, objects, relations, sizes of the book's world
 
 
-@pytest.fixture(scope="module")
-def encoder(pool, minilm):
-    return CaptionEncoder("minilm", dims=24, readout=VALUES).fit(pool.captions, pool.caption_attrs)
+@pytest.fixture(scope="module", params=["tokens", "sentence"])
+def encoder(request, pool, minilm):
+    return CaptionEncoder("minilm", dims=24, readout=VALUES, readout_input=request.param).fit(
+        pool.captions, pool.caption_attrs)
 
 
 def test_readout_probabilities_name_the_caption(encoder, world):
@@ -40,14 +41,22 @@ def test_readout_is_appended_to_the_directions(encoder, pool):
 
 def test_readout_travels_in_the_state_and_spec(encoder, pool):
     twin = CaptionEncoder.from_spec(encoder.spec())
-    assert twin.readout == VALUES
+    assert twin.readout == VALUES and twin.readout_input == encoder.readout_input
     twin.load_state_dict(encoder.state_dict())
     torch.testing.assert_close(twin(pool.captions[:8]).pooled, encoder(pool.captions[:8]).pooled)
 
 
 def test_readout_rejects_what_it_cannot_read(pool):
     with pytest.raises(ValueError, match="needs norm='discriminant'"):
-        CaptionEncoder("minilm", norm="zscore", readout=VALUES)
+        CaptionEncoder("minilm", norm="zscore", readout=VALUES, readout_input="sentence")
+    with pytest.raises(ValueError, match="norm='raw' fits nothing"):
+        CaptionEncoder("minilm", norm="raw", readout=VALUES)
+    with pytest.raises(ValueError, match="unknown readout_input 'words'"):
+        CaptionEncoder("minilm", readout=VALUES, readout_input="words")
+    with pytest.raises(ValueError, match="text dims must be a positive integer"):
+        CaptionEncoder("minilm", dims=0, readout=VALUES, readout_input="sentence")
+    with pytest.raises(ValueError, match="needs each training caption's attributes"):
+        CaptionEncoder("minilm", norm="zscore", readout=VALUES).fit(pool.captions)
     with pytest.raises(TypeError, match="readout must be a tuple"):
         CaptionEncoder("minilm", readout=8)
     with pytest.raises(ValueError, match="has 3 attributes"):
@@ -60,13 +69,61 @@ def test_readout_rejects_what_it_cannot_read(pool):
         CaptionEncoder("minilm").readout_probabilities(["a red apple"])
 
 
+def test_token_readout_reads_phrasings_outside_the_grammar(pool, world):
+    """The token readout finds the word that names each value wherever the sentence puts it: on the
+    phrasings of all three out-of-template sets it names every attribute right far more often than
+    the sentence readout (measured 1.000 / 0.992 / 1.000 against 0.981 / 0.918 / 0.888)."""
+    encs = {inp: CaptionEncoder("minilm", dims=32, readout=VALUES, readout_input=inp).fit(
+        pool.captions, pool.caption_attrs) for inp in ("tokens", "sentence")}
+    combos = world.splits["all"][::3]
+    want = torch.tensor([list(c) for c in combos])
+    for phrasing, templates in mm.grammar.PHRASINGS.items():
+        caps = [mm.grammar.free_caption(world.attrs_of(c), seed=i, template=i % len(templates), phrasing=phrasing)
+                for i, c in enumerate(combos)]
+        right = {}
+        for inp, enc in encs.items():
+            probs = enc.readout_probabilities(caps)
+            right[inp] = torch.stack([p.argmax(1) == want[:, a] for a, p in enumerate(probs)]).all(0).float().mean()
+        assert right["tokens"] >= 0.97, (phrasing, right)
+        assert right["tokens"] >= right["sentence"], (phrasing, right)
+
+
+def test_token_readout_alone(pool):
+    """dims=0: no discriminant directions, the networks read the 24 probabilities alone."""
+    enc = CaptionEncoder("minilm", dims=0, readout=VALUES).fit(pool.captions, pool.caption_attrs)
+    cond = enc(pool.captions[:6]).pooled
+    assert cond.shape == (6, sum(k + 1 for k in VALUES)) and torch.isfinite(cond).all()
+    assert enc.proj.shape == (384, 0)
+
+
+def test_token_readout_needs_its_probabilities(pool):
+    enc = CaptionEncoder("minilm", dims=8, readout=VALUES).fit(pool.captions[:300], pool.caption_attrs[:300])
+    pooled = enc.features(pool.captions[:2]).pooled
+    with pytest.raises(ValueError, match="the token readout reads the captions' tokens"):
+        enc.normalise(pooled)
+
+
 def test_gan_config_checks_the_readout():
-    with pytest.raises(ValueError, match="text_readout reads the discriminant directions"):
+    with pytest.raises(ValueError, match="text_readout='sentence' reads the discriminant directions"):
         mm.GANConfig(text_norm="zscore")
-    mm.GANConfig(text_norm="zscore", text_readout=False)
-    with pytest.raises(TypeError, match="text_readout must be True or False"):
+    mm.GANConfig(text_norm="zscore", text_readout="none")
+    mm.GANConfig(text_norm="zscore", text_readout="tokens")
+    with pytest.raises(ValueError, match="unknown text_readout 'yes'"):
         mm.GANConfig(text_readout="yes")
-    assert mm.GANConfig.reed2016().text_readout is False
+    with pytest.raises(ValueError, match="text_norm='raw' fits none"):
+        mm.GANConfig(text_norm="raw", text_readout="tokens")
+    with pytest.raises(ValueError, match="text_dims must be a positive integer"):
+        mm.GANConfig(text_dims=0)                              # the directions are all a sentence readout reads
+    assert mm.GANConfig(text_dims=0, text_readout="tokens").text_dims == 0
+    assert mm.GANConfig.reed2016().text_readout == "none"
+    # configs written before the token readout spelled it True / False
+    assert mm.GANConfig(text_readout=True).text_readout == "sentence"
+    assert mm.GANConfig(text_readout=False).text_readout == "none"
+
+
+def test_a_spec_without_readout_input_is_a_sentence_readout():
+    spec = {"kind": "minilm", "words": False, "norm": "discriminant", "dims": 24, "readout": list(VALUES)}
+    assert CaptionEncoder.from_spec(spec).readout_input == "sentence"
 
 
 def test_without_a_readout_the_state_is_as_before(minilm):

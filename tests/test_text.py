@@ -160,7 +160,7 @@ def fresh_minilm_cache(minilm, monkeypatch, tmp_path):
     its own and a low threshold for keeping features on disk (a handful of captions is a bank)."""
     monkeypatch.setenv("MMTUTOR_CACHE", str(tmp_path))
     saved = minilm._pooled, minilm._tokens, minilm._store_read
-    minilm._pooled, minilm._tokens, minilm._store_read = {}, {}, None
+    minilm._pooled, minilm._tokens, minilm._store_read = {}, {}, {}
     monkeypatch.setattr(minilm, "persist_min", 3)
     yield minilm
     minilm._pooled, minilm._tokens, minilm._store_read = saved
@@ -175,14 +175,20 @@ def test_minilm_features_survive_the_process(fresh_minilm_cache, tmp_path, monke
     first = m.encode(BANK)
     assert m.store_path().parent == tmp_path and m.store_path().exists()
     # a new process: nothing in memory; the model itself must not run again for these captions
-    m._pooled, m._tokens, m._store_read = {}, {}, None
+    first_tokens, first_mask = m.encode_tokens(BANK)
+    assert m.store_path("tokens").exists()
+    m._pooled, m._tokens, m._store_read = {}, {}, {}
     with monkeypatch.context() as mp:
         mp.setattr(m, "forward", lambda **_: pytest.fail("MiniLM ran although the features were on disk"))
         again = m.encode(list(reversed(BANK)))
+        tokens, mask = m.encode_tokens(list(reversed(BANK)))
     torch.testing.assert_close(again, first.flip(0), atol=0, rtol=0)
-    # token features are not kept on disk: asking for them runs the model
-    tokens, mask = m.encode_tokens(BANK[:1])
-    assert tokens.shape[-1] == 384
+    # the token vectors come back exactly as the process that computed them saw them (half precision)
+    assert tokens.dtype == torch.float32 and tokens.shape[-1] == 384
+    torch.testing.assert_close(tokens, first_tokens.flip(0)[:, :tokens.shape[1]], atol=0, rtol=0)
+    torch.testing.assert_close(mask, first_mask.flip(0)[:, :mask.shape[1]], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="unknown feature store"):
+        m.store_path("pixels")
 
 
 def test_minilm_small_batches_stay_in_memory(fresh_minilm_cache):
@@ -196,6 +202,11 @@ def test_minilm_damaged_feature_file_is_reported_and_replaced(fresh_minilm_cache
     m.store_path().write_bytes(b"not a torch file")
     with pytest.warns(UserWarning, match="ignoring the caption-feature file"):
         out = m.encode(BANK)
+    torch.save({"captions": BANK, "lengths": torch.tensor([3, 3]), "tokens": torch.zeros(6, 384)},
+               m.store_path("tokens"))
+    m._tokens, m._store_read = {}, {}
+    with pytest.warns(UserWarning, match="4 captions, 2 lengths"):
+        m.encode_tokens(BANK)
     blob = torch.load(m.store_path(), weights_only=True)
     assert blob["captions"] == sorted(BANK, key=lambda c: len(m.tokenizer(c)["input_ids"]))
     torch.testing.assert_close(blob["pooled"][blob["captions"].index(BANK[0])], out[0])

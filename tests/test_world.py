@@ -117,16 +117,21 @@ def test_free_phrasings_share_no_word_with_any_training_wording():
     assert not extra & free
     assert not extra & fresh
     assert not (fresh - grammar_words) & free          # the two test sets are independent too
+    third = g.template_words(g.THIRD_TEMPLATES) - {",", ":"}
+    assert not extra & third
+    assert not (third - grammar_words) & (free | fresh)
+    assert not set(g.NEUTRAL_WORDS) & third
     assert not set(g.NEUTRAL_WORDS) & (free | fresh | attribute_words | grammar_words |
                                        g.template_words(g.AUGMENT_TEMPLATES))
     assert len(set(g.NEUTRAL_WORDS)) == len(g.NEUTRAL_WORDS)
 
 
-def test_fresh_phrasings_name_every_attribute(world):
+@pytest.mark.parametrize("phrasing", ["fresh", "third"])
+def test_fresh_phrasings_name_every_attribute(world, phrasing):
     for combo in world.splits["all"][::37]:
         attrs = world.attrs_of(combo)
-        for t in range(len(mm.grammar.FRESH_TEMPLATES)):
-            caption = mm.grammar.free_caption(attrs, seed=t, template=t, phrasing="fresh")
+        for t in range(len(mm.grammar.PHRASINGS[phrasing])):
+            caption = mm.grammar.free_caption(attrs, seed=t, template=t, phrasing=phrasing)
             assert world.parse(caption, strict=False) == attrs, caption
     caps = mm.metrics.evaluation_captions(world, "heldout", phrasing="fresh")
     assert len(caps) == len(world.splits["heldout"])
