@@ -71,7 +71,9 @@ def prepare(profile_name: str | None = None, device: str | None = None, jobs: in
     t0 = time.perf_counter()
     world = World(image_size=prof.image_size)
     captions = zoo.pool(world, prof, seed=seed).captions       # encoded once here, with all threads,
-    load_minilm().encode(captions)                              # into the cache the workers read
+    load_minilm().encode_tokens(captions)                       # into the cache the workers read: the
+                                                                # pooled vectors, and the token vectors that
+                                                                # attention fusion and a token readout read
     log(f"  caption features of the training pool ({len(captions)} captions): {time.perf_counter() - t0:.0f} s")
     done = {}
     args = [(m, prof.name, str(dev), threads, seed) for m in models]

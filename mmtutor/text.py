@@ -219,6 +219,8 @@ class MiniLM(TextEncoder):
     file named after a hash of the model's files and the torch and transformers versions: the
     next process -- the next chapter -- reads them instead of encoding the same captions again
     (the ``cpu`` profile's bank: about 8,000 distinct captions, 20-30 s on 2 CPU cores).
+    Token vectors asked for in such batches (``encode_tokens``) are kept too, in half precision
+    (in memory as on disk, so every process reads the same numbers), in a second file.
     ``persist=False`` keeps everything in memory.
     """
 
@@ -276,6 +278,7 @@ class MiniLM(TextEncoder):
             return
         lengths = [len(ids) for ids in self.tokenizer(todo)["input_ids"]]
         todo = [c for _, c in sorted(zip(lengths, todo), key=lambda pair: pair[0])]   # similar lengths together
+        new_pooled = new_tokens = 0
         for i in range(0, len(todo), batch_size):
             chunk = todo[i:i + batch_size]
             enc = {k: v.to(self.device) for k, v in self.tokenize(chunk).items()}
@@ -284,10 +287,17 @@ class MiniLM(TextEncoder):
                 n = int(enc["attention_mask"][j].sum())
                 # kept in half precision, in memory as on disk, so a process that reads them sees the
                 # numbers the one that computed them saw; a feature read from disk stays as it was
-                self._tokens.setdefault(c, out[j, :n].to(TOKEN_DTYPE).cpu())
-                self._pooled.setdefault(c, pooled[j].cpu())
-        if self.persist and len(todo) >= self.persist_min:
+                if c not in self._tokens:
+                    self._tokens[c] = out[j, :n].to(TOKEN_DTYPE).cpu()
+                    new_tokens += 1
+                if c not in self._pooled:
+                    self._pooled[c] = pooled[j].cpu()
+                    new_pooled += 1
+        # a caption bank's features go to disk; token vectors only where they were asked for (the
+        # token store is four times larger than the pooled one per caption)
+        if self.persist and new_pooled >= self.persist_min:
             self._write_store("features")
+        if self.persist and tokens and new_tokens >= self.persist_min:
             self._write_store("tokens")
 
     # ---------------------------------------------------------------- the features on disk

@@ -174,7 +174,9 @@ def test_minilm_features_survive_the_process(fresh_minilm_cache, tmp_path, monke
     m = fresh_minilm_cache
     first = m.encode(BANK)
     assert m.store_path().parent == tmp_path and m.store_path().exists()
+    assert not m.store_path("tokens").exists()        # token vectors go to disk only where they were asked for
     # a new process: nothing in memory; the model itself must not run again for these captions
+    m._tokens = {}
     first_tokens, first_mask = m.encode_tokens(BANK)
     assert m.store_path("tokens").exists()
     m._pooled, m._tokens, m._store_read = {}, {}, {}

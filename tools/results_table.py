@@ -85,12 +85,13 @@ def gan_rows(d: dict) -> list[tuple[str, str]]:
     budget = f"{p['steps']} steps" if p.get("steps") else f"{p['budget_seconds']:.0f} s"
     rows = []
     for recipe, s in d["summary"].items():
-        fresh = "fresh_low" in s          # files written before the fresh phrasings existed lack them
+        # files written before the fresh (or third) phrasings existed lack them
+        sets = [(k, name) for k, name in (("fresh_low", "fresh"), ("third_low", "third set")) if k in s]
         rows.append((f"GAN, recipe `{recipe}`, {budget} of batch {p['batch_size']}: joint consistency, lower of "
-                     "two judges, seen / held-out / free phrasings" + (" / fresh phrasings" if fresh else "")
+                     "two judges, seen / held-out / free phrasings" + "".join(f" / {name}" for _, name in sets)
                      + " (all 384 combinations)",
                      f"{_range(s['seen_low'])} / {_range(s['heldout_low'])} / {_range(s['free_low'])}"
-                     + (f" / {_range(s['fresh_low'])}" if fresh else "")))
+                     + "".join(f" / {_range(s[k])}" for k, _ in sets)))
         rows.append((f"GAN, recipe `{recipe}`: Fréchet distance in judge features; size coverage TV, GAN alone / "
                      "with caption completion (0 = real mix)",
                      f"{_range(s['fd'])}; {_range(s['size_tv_alone'])} / {_range(s['size_tv_completed'])}"))
