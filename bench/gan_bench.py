@@ -9,9 +9,9 @@ instead of the discriminant projection, without the attribute readout). The head
 reed2016) runs with three seeds; the ablations with one. "plainbank" is the book's recipe trained
 on a caption bank without neutral words (``caption_noise=0``, see ``mm.data.PairPool``) and
 "noreadout" the book's recipe without the attribute readout (``text_readout="none"``, see
-``mm.condition``), "tokreadout" with the readout on MiniLM's token vectors instead of the
-discriminant directions (``text_readout="tokens"``) and "tokonly" with that readout alone, no
-directions (``text_dims=0``), each with every seed of the headline pair: they measure what the
+``mm.condition``), "tokreadout" with the readout on MiniLM's token vectors instead of its
+sentence vector (``text_readout="tokens"``, beside the discriminant directions) and "tokonly"
+with that readout alone, no directions (``text_dims=0``), each with every seed of the headline pair: they measure what the
 neutral words and each readout buy on phrasings outside the grammar and cost elsewhere.
 
 Budget: ``--budget`` wall seconds per run (default 180), MiniLM loading, caption encoding and
@@ -24,7 +24,8 @@ both judges (a range), on captions phrased outside the grammar (the free phrasin
 fresh ones never used to choose anything: ``grammar.FRESH_TEMPLATES``, and a third set written
 after those had been examined: ``grammar.THIRD_TEMPLATES``), size coverage with and without
 caption completion, Frechet distance in judge features, diversity, throughput, sampling latency.
-Writes bench/results/gan.json.
+Writes bench/results/gan.json on a CPU without AMX (float32), gan_amx.json on one with AMX
+(bfloat16), so the two kinds of CPU keep their own results.
 
 ``--jobs N`` (with ``--steps`` only: a wall-clock budget needs the machine to itself) runs N
 recipes-and-seeds side by side, each in its own process with one torch thread, as ``make book``
@@ -204,7 +205,7 @@ def main():
                "size_each_object_35-65%_completed": all(
                    0.35 <= v <= 0.65 for r in runs if r["recipe"] == "book"
                    for v in r["size_coverage_completed"]["large_share_by_object"].values())}
-    write("gan", {"protocol": {"budget_seconds": None if args.steps else args.budget, "steps": args.steps,
+    write("gan_amx" if mm.runtime.machine(bf16=prof.bf16)["amx"] else "gan", {"protocol": {"budget_seconds": None if args.steps else args.budget, "steps": args.steps,
                                "jobs": args.jobs, "threads_per_job": 1 if args.jobs > 1 else torch.get_num_threads(),
                                "profile": prof.name, "batch_size": prof.batch_size,
                                "caption_bank": {"augment": prof.caption_augment, "noise": prof.caption_noise,

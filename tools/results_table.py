@@ -197,7 +197,8 @@ def budget_rows(d: dict) -> list[tuple[str, str]]:
 
 SECTIONS = [("book_timing", "Building the book, CPU without AMX", timing_rows),
             ("book_timing_amx", "Building the book, CPU with AMX", timing_rows), ("world", "World and judges", world_rows),
-            ("align", "Contrastive alignment", align_rows), ("gan", "Conditional GAN", gan_rows),
+            ("align", "Contrastive alignment", align_rows), ("gan", "Conditional GAN, CPU without AMX", gan_rows),
+            ("gan_amx", "Conditional GAN, CPU with AMX", gan_rows),
             ("data_size", "Training-set size", data_size_rows), ("families", "GAN, VAE, diffusion", families_rows),
             ("caption", "Image → text", caption_rows), ("speed", "Training speed per step, CPU without AMX", speed_rows),
             ("speed_amx", "Training speed per step, CPU with AMX", speed_rows),
