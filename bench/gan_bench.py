@@ -11,8 +11,9 @@ on a caption bank without neutral words (``caption_noise=0``, see ``mm.data.Pair
 "noreadout" the book's recipe without the attribute readout (``text_readout="none"``, see
 ``mm.condition``), "tokreadout" with the readout on MiniLM's token vectors instead of its
 sentence vector (``text_readout="tokens"``, beside the discriminant directions) and "tokonly"
-with that readout alone, no directions (``text_dims=0``), each with every seed of the headline pair: they measure what the
-neutral words and each readout buy on phrasings outside the grammar and cost elsewhere.
+with that readout alone, no directions (``text_dims=0``), each with every seed of the headline
+pair: they measure what the neutral words and each readout buy on phrasings outside the grammar
+and cost elsewhere.
 
 Budget: ``--budget`` wall seconds per run (default 180), MiniLM loading, caption encoding and
 pool rendering included and reported separately, every run trained from scratch; ``--steps``
@@ -205,7 +206,8 @@ def main():
                "size_each_object_35-65%_completed": all(
                    0.35 <= v <= 0.65 for r in runs if r["recipe"] == "book"
                    for v in r["size_coverage_completed"]["large_share_by_object"].values())}
-    write("gan_amx" if mm.runtime.machine(bf16=prof.bf16)["amx"] else "gan", {"protocol": {"budget_seconds": None if args.steps else args.budget, "steps": args.steps,
+    name = "gan_amx" if mm.runtime.machine(bf16=prof.bf16)["amx"] else "gan"   # each kind of CPU its own file
+    write(name, {"protocol": {"budget_seconds": None if args.steps else args.budget, "steps": args.steps,
                                "jobs": args.jobs, "threads_per_job": 1 if args.jobs > 1 else torch.get_num_threads(),
                                "profile": prof.name, "batch_size": prof.batch_size,
                                "caption_bank": {"augment": prof.caption_augment, "noise": prof.caption_noise,
