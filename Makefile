@@ -19,16 +19,17 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt
 	touch $(STAMP)
 
-# First the models the chapters load are trained into the model cache and the chapters executed
-# into the execution cache the build reads (tools/execute_chapters.py --models): two one-thread
-# processes on a CPU, which get more done than one two-thread process (bench/results/speed.json),
-# each chapter starting as soon as the models it loads are trained; cached models are not trained
-# again, cached chapters not run again. A failing chapter stops make here, with its traceback;
-# the build executes only what that cache lacks.
+# First the models the chapters load are trained into the model cache (python -m mmtutor prepare:
+# two one-thread processes on a CPU, which get more done than one two-thread process; see
+# bench/results/speed.json); cached models are not trained again.
+# Then the chapters run two at a time in one-thread kernels, for the same reason, into the
+# execution cache the build reads (tools/execute_chapters.py; a failing chapter stops make here,
+# with its traceback); the build executes only what that cache lacks.
 # -W --keep-going: any warning (a failing cell included) fails the build, after reporting all of them.
 # Each chapter records its run time in _build/timing.json; the preface's table is built from it.
 book: $(STAMP)
-	MMTUTOR_TIMING_FILE=$(CURDIR)/_build/timing.json $(BIN)/python tools/execute_chapters.py --models
+	MMTUTOR_TIMING_FILE=$(CURDIR)/_build/timing.json $(BIN)/python -m mmtutor prepare
+	MMTUTOR_TIMING_FILE=$(CURDIR)/_build/timing.json $(BIN)/python tools/execute_chapters.py
 	MMTUTOR_TIMING_FILE=$(CURDIR)/_build/timing.json $(BIN)/jupyter-book build . -W --keep-going
 
 # The unit tests, then nbval over the chapters, two notebooks at a time in one-thread kernels

@@ -60,22 +60,19 @@ def _threads(n: int) -> str:
 def table_rows(data: dict, titles: dict[str, str]) -> list[list[str]]:
     """The table's rows from a timing file's contents: the training step, one row per chapter,
     the chapters' wall time when they ran several at a time, and the total (training plus the
-    chapters' wall time, or plus the sum of chapter times when they ran one after another; the
-    wall time alone when models and chapters ran side by side)."""
+    chapters' wall time, or plus the sum of chapter times when they ran one after another)."""
     chapters = data.get("chapters", {})
     rows, total = [], 0.0
     models = data.get("models")
-    run = data.get("chapters_run")                    # tools/execute_chapters.py: several at a time
-    beside = bool(run and run.get("with_models"))     # models and chapters in the same slots
     if models:                                        # `python -m mmtutor prepare`, before the chapters
-        total += 0.0 if beside else models["seconds"]
+        total += models["seconds"]
         trained = [m for m, v in models.get("models", {}).items() if not v.get("cached")]
-        what = (f"training the book's models ({len(trained)} trained, "
-                f"{models['jobs']} processes x {_threads(models['threads_per_job'])}; "
-                + ("until the last was trained, chapters running beside them)" if beside else "before the chapters)"))
+        what = (f"training the book's models first ({len(trained)} trained, "
+                f"{models['jobs']} processes x {_threads(models['threads_per_job'])})")
         rate = f"{models['matmul_gflops']:.0f}" if "matmul_gflops" in models else "not recorded"
         rows.append([what, f"{models['seconds']:.0f} s",
                      f"{models['device']}, {models['profile']}, {models.get('precision', '?')}", rate])
+    run = data.get("chapters_run")                    # tools/execute_chapters.py: several at a time
     for doc in sorted(chapters):                      # notebooks are numbered in reading order
         c = chapters[doc]
         total += 0.0 if run else c["seconds"]
@@ -85,9 +82,7 @@ def table_rows(data: dict, titles: dict[str, str]) -> list[list[str]]:
                      f"{c['device']}, {c['profile']}, {c['precision']}{threads}", rate])
     if run:
         total += run["seconds"]
-        rows.append([(f"the models and chapters above, {run['jobs']} at a time, each chapter once its models "
-                      "were trained (their times overlap)") if beside else
-                     f"the chapters above, {run['jobs']} at a time (their times overlap)",
+        rows.append([f"the chapters above, {run['jobs']} at a time (their times overlap)",
                      f"{run['seconds']:.0f} s", f"{run['jobs']} kernels x {_threads(run['threads_per_job'])}", ""])
     rows.append(["models and chapters" if models else "all chapters", f"{total:.0f} s ({total / 60:.1f} min)", "", ""])
     return rows

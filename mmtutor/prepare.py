@@ -32,7 +32,7 @@ from .world import World
 BOOK_MODELS = ("diffusion", "gan", "vae", "captioner", "resnet-judge", "cnn-judge", "aligner")
 
 
-def train_model(name: str, profile_name: str, device: str, threads: int, seed: int) -> tuple[str, float, bool]:
+def _train(name: str, profile_name: str, device: str, threads: int, seed: int) -> tuple[str, float, bool]:
     """Train (or find cached) one book model; returns (name, seconds, was it cached)."""
     torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -52,15 +52,6 @@ def default_jobs(dev: torch.device) -> int:
     return 1 if dev.type != "cpu" else max(1, min(2, os.cpu_count() or 1))
 
 
-def encode_pool_captions(prof: runtime.Profile, seed: int = 0) -> int:
-    """Encode the training pool's captions once, in this process with all its threads, into the
-    MiniLM store every worker reads: the pooled vectors, and the token vectors that attention
-    fusion and a token readout read. Returns the number of captions."""
-    captions = zoo.pool(World(image_size=prof.image_size), prof, seed=seed).captions
-    load_minilm().encode_tokens(captions)
-    return len(captions)
-
-
 def prepare(profile_name: str | None = None, device: str | None = None, jobs: int | None = None, seed: int = 0,
             models: tuple[str, ...] = BOOK_MODELS, log=print) -> dict:
     """Train every model in ``models`` that the cache lacks, in ``jobs`` processes. Returns
@@ -78,8 +69,12 @@ def prepare(profile_name: str | None = None, device: str | None = None, jobs: in
     threads = max(1, cores // jobs)
     log(f"training {len(models)} models for profile {prof.name} on {dev}: {jobs} process(es) x {threads} thread(s)")
     t0 = time.perf_counter()
-    n = encode_pool_captions(prof, seed)
-    log(f"  caption features of the training pool ({n} captions): {time.perf_counter() - t0:.0f} s")
+    world = World(image_size=prof.image_size)
+    captions = zoo.pool(world, prof, seed=seed).captions       # encoded once here, with all threads,
+    load_minilm().encode_tokens(captions)                       # into the cache the workers read: the
+                                                                # pooled vectors, and the token vectors that
+                                                                # attention fusion and a token readout read
+    log(f"  caption features of the training pool ({len(captions)} captions): {time.perf_counter() - t0:.0f} s")
     done = {}
     args = [(m, prof.name, str(dev), threads, seed) for m in models]
     # several jobs: spawned workers (fresh interpreters, no forked torch thread pools), handed one
@@ -91,7 +86,7 @@ def prepare(profile_name: str | None = None, device: str | None = None, jobs: in
             done[name] = {"seconds": round(seconds, 1), "cached": cached}
             log(f"  {name}: {'cached' if cached else f'trained in {seconds:.0f} s'}")
     if jobs == 1:
-        torch.set_num_threads(cores)                            # train_model set this process's threads
+        torch.set_num_threads(cores)                            # _train set this process's threads
     total = time.perf_counter() - t0
     log(f"done in {total:.0f} s")
     return {"seconds": round(total, 1), "jobs": jobs, "threads_per_job": threads, "device": str(dev),
@@ -99,7 +94,7 @@ def prepare(profile_name: str | None = None, device: str | None = None, jobs: in
 
 
 def _star_train(a):
-    return train_model(*a)
+    return _train(*a)
 
 
-__all__ = ["BOOK_MODELS", "prepare", "default_jobs", "encode_pool_captions", "train_model"]
+__all__ = ["BOOK_MODELS", "prepare", "default_jobs"]

@@ -26,72 +26,11 @@ def test_the_chapters_are_the_notebooks_of_the_table_of_contents():
     assert docs[0] == "notebooks/01_core_concepts"
 
 
-def test_recorded_seconds_take_the_larger_of_the_files(tmp_path):
-    a, b = tmp_path / "a.json", tmp_path / "b.json"
-    a.write_text(json.dumps({"chapters": {"notebooks/a": {"seconds": 5}},
-                             "models": {"models": {"gan": {"seconds": 200}}}}))
-    b.write_text(json.dumps({"chapters": {"notebooks/a": {"seconds": 9}}}))
-    assert ex.recorded_seconds([a, b, tmp_path / "missing.json"]) == {"notebooks/a": 9.0, "gan": 200.0}
-
-
-def test_priorities_put_the_model_behind_the_longest_wait_first():
-    seconds = {"gan": 100, "vae": 150, "judge": 10, "ch_big": 200, "ch_small": 20, "ch_free": 60}
-    needs = {"ch_big": {"gan", "judge"}, "ch_small": {"vae"}, "ch_free": set(), "gan": set(), "vae": set(),
-             "judge": set()}
-    prio = ex.priorities(seconds, needs)
-    assert prio == {"gan": 300, "vae": 170, "judge": 210, "ch_big": 200, "ch_small": 20, "ch_free": 60}
-    # a chapter whose time is unknown goes before everything, and so do the models it waits for
-    prio = ex.priorities({**seconds, "ch_big": float("inf")}, needs)
-    assert prio["gan"] == prio["judge"] == float("inf") and prio["vae"] == 170
-
-
-def test_every_chapter_says_which_models_it_loads():
-    needs = {ex._doc(p): ex.models_needed(p) for p in ex.chapters()}     # raises on an unclassified zoo call
-    assert needs["notebooks/04_three_families"] >= {"gan", "vae", "diffusion", "cnn-judge", "resnet-judge"}
-    assert "captioner" in needs["notebooks/05_image_to_text"]
-    from mmtutor.prepare import BOOK_MODELS
-    assert set().union(*needs.values()) == set(BOOK_MODELS)            # every model is some chapter's
-
-
-def test_an_unclassified_zoo_call_is_refused(tmp_path):
-    nb = _notebook(tmp_path / "odd.ipynb", "import mmtutor as mm\nm = mm.zoo.newmodel(world)")
-    with pytest.raises(ValueError, match="zoo.newmodel: add it to ZOO_MODELS"):
-        ex.models_needed(nb)
-
-
-def test_with_models_each_chapter_waits_for_the_models_it_loads(tmp_path, monkeypatch, capsys):
-    """--models, one job: the models are trained (here: a stand-in) before the chapters that load
-    them, a chapter that loads nothing may go first, and a model that fails leaves its chapters
-    out; the timing file says that models and chapters ran side by side."""
-    from mmtutor import prepare
-    timing = tmp_path / "timing.json"
-    monkeypatch.setenv("MMTUTOR_TIMING_FILE", str(timing))
-    monkeypatch.setattr(prepare, "encode_pool_captions", lambda prof, seed=0: 0)
-    order = []
-
-    def fake_train(args):
-        order.append(args[0])
-        if args[0] == "captioner":
-            raise RuntimeError("captioner diverged")
-        return args[0], 1.0, False
-
-    monkeypatch.setattr(ex, "_train", fake_train)
-    gan = _notebook(tmp_path / "gan.ipynb", "print('gan chapter')\nif False:\n    zoo.gan(None)")
-    cap = _notebook(tmp_path / "cap.ipynb", "if False:\n    zoo.captioner(None)")
-    free = _notebook(tmp_path / "free.ipynb", "print('free chapter')")
-    known = {**{m: 10.0 for m in prepare.BOOK_MODELS}, ex._doc(free): 500.0, ex._doc(gan): 50.0, ex._doc(cap): 50.0}
-    monkeypatch.setattr(ex, "recorded_seconds", lambda files: known)
-    rc = ex.main([str(gan), str(cap), str(free), "--models", "--jobs", "1", "--cache", str(tmp_path / "c")])
-    out, err = capsys.readouterr()
-    assert rc == 1 and "captioner: FAILED" in err and "captioner diverged" in err
-    assert f"{ex._doc(cap)}: not run: it loads captioner, which failed" in err
-    assert sorted(order) == sorted(prepare.BOOK_MODELS)
-    done = [line.strip().rsplit(": ", 1)[0] for line in out.splitlines()
-            if ": executed in " in line or ": trained in " in line]
-    assert done[0] == ex._doc(free)                              # loads nothing and is the longest: first
-    assert done.index(ex._doc(gan)) == done.index("gan") + 1     # the chapter right after its model
-    data = json.loads(timing.read_text())
-    assert data["chapters_run"]["with_models"] is True and data.get("models") is None   # a model failed
+def test_longest_first_by_the_recorded_seconds_unknown_first(tmp_path):
+    timing = tmp_path / "t.json"
+    timing.write_text(json.dumps({"chapters": {"notebooks/a": {"seconds": 5}, "notebooks/b": {"seconds": 50}}}))
+    paths = [ROOT / "notebooks" / f"{n}.ipynb" for n in ("a", "b", "c")]
+    assert [p.stem for p in ex.longest_first(paths, [timing, tmp_path / "missing.json"])] == ["c", "b", "a"]
 
 
 def test_executed_notebooks_are_found_by_the_build_and_failures_are_not(tmp_path, monkeypatch, capsys):
@@ -132,7 +71,3 @@ def test_the_preface_total_counts_the_wall_time_of_chapters_that_overlapped():
     assert serial[-1][1].startswith("170 s") and serial[1][2] == "cpu, cpu, fp32, 1 thread"
     side_by_side = bt.table_rows({**data, "chapters_run": {"seconds": 45.0, "jobs": 2, "threads_per_job": 1}}, titles)
     assert side_by_side[-1][1].startswith("145 s") and "2 at a time" in side_by_side[-2][0]
-    beside = bt.table_rows({**data, "chapters_run": {"seconds": 120.0, "jobs": 2, "threads_per_job": 1,
-                                                      "with_models": True}}, titles)
-    assert beside[-1][1].startswith("120 s") and "chapter running beside" in beside[0][0].replace("chapters", "chapter")
-    assert "each chapter once its models were trained" in beside[-2][0]

@@ -150,21 +150,16 @@ def timing_rows(d: dict) -> list[tuple[str, str]]:
             for c, v in sorted(d["chapters"].items())]
     total = sum(v["seconds"] for v in d["chapters"].values())
     run = d.get("chapters_run")
-    beside = bool(run and run.get("with_models"))    # models and chapters shared the slots
     if run:                       # chapters ran side by side (tools/execute_chapters.py): their wall time counts
         total = run["seconds"]
-        rows.append(((f"the models and chapters, {run['jobs']} at a time, {run['threads_per_job']} thread(s) each, "
-                      "each chapter once its models were trained" if beside else
-                      f"the chapters, {run['jobs']} at a time, {run['threads_per_job']} thread(s) each")
-                     + " (`tools/execute_chapters.py`; the rows above overlap)", f"{run['seconds']:.0f} s"))
+        rows.append((f"the chapters, {run['jobs']} at a time, {run['threads_per_job']} thread(s) each "
+                     "(`tools/execute_chapters.py`; the rows above overlap)", f"{run['seconds']:.0f} s"))
     if d.get("models"):
         m = d["models"]
-        rows.insert(0, ((f"training the book's models ({m['jobs']} processes, {m['threads_per_job']} thread(s) each, "
-                         "until the last was trained)" if beside else
-                         f"training the book's models first (`python -m mmtutor prepare`, {m['jobs']} processes, "
-                         f"{m['threads_per_job']} thread(s) each)"), f"{m['seconds']:.0f} s"
+        rows.insert(0, (f"training the book's models first (`python -m mmtutor prepare`, {m['jobs']} processes, "
+                        f"{m['threads_per_job']} thread(s) each)", f"{m['seconds']:.0f} s"
                         + (f" (matmul {m['matmul_gflops']:.0f} GFLOP/s)" if "matmul_gflops" in m else "")))
-        total += 0.0 if beside else m["seconds"]
+        total += m["seconds"]
     rows.append(("models and chapters" if d.get("models") else "all chapters", f"{total:.0f} s"))
     if d.get("make_book_wall_seconds"):
         w = d["make_book_wall_seconds"]
