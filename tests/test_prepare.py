@@ -21,7 +21,17 @@ def run(argv):
     return rc, out.getvalue(), err.getvalue()
 
 
-def test_prepare_trains_in_two_processes_what_the_chapters_then_load(world, tmp_path, monkeypatch):
+@pytest.fixture
+def two_threads():
+    """Two torch threads for the test (make test runs the unit tests in one-thread workers;
+    prepare may start as many processes as its threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_prepare_trains_in_two_processes_what_the_chapters_then_load(world, tmp_path, monkeypatch, two_threads):
     timing = tmp_path / "timing.json"
     monkeypatch.setenv("MMTUTOR_TIMING_FILE", str(timing))
     monkeypatch.setenv("MMTUTOR_CACHE", str(tmp_path / "cache"))   # its own: other tests count what they train
