@@ -328,3 +328,34 @@ def test_broken_starting_weights_are_refused_before_training(make_gan, pool, tmp
     assert "lr_g=" in str(info.value)
     assert not path.exists()                               # nothing broken was written
     assert gan.steps_done == 0
+
+
+def test_linear_decay_schedule():
+    from mmtutor.gan import linear_decay
+    assert [linear_decay(p, 0.5) for p in (0.0, 0.25, 0.5, 0.75, 1.0)] == pytest.approx([1, 1, 1, 0.5, 0])
+    assert linear_decay(0.99, 0.0) == 1.0                       # share 0: constant rates
+    assert linear_decay(1.2, 0.5) == 0.0                        # past the end (a time budget): never negative
+
+
+@pytest.mark.parametrize("decay, factors", [(0.5, (1, 1, 1, 0.5)), (0.0, (1, 1, 1, 1))])
+def test_lr_decay_reaches_both_optimisers(make_gan, pool, monkeypatch, decay, factors):
+    lrs = []
+    step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        lrs.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    gan = make_gan(lr_decay=decay)
+    gan.fit(pool, steps=4, batch_size=16, seed=0, bf16=False, progress=False)
+    cfg = gan.config
+    assert lrs[0::2] == pytest.approx([cfg.lr_d * f for f in factors])    # D's step, then G's, every step
+    assert lrs[1::2] == pytest.approx([cfg.lr_g * f for f in factors])
+
+
+def test_published_recipes_keep_constant_rates():
+    assert mm.GANConfig().lr_decay == 0.5
+    assert mm.GANConfig.reed2016().lr_decay == 0.0 and mm.GANConfig.ablation().lr_decay == 0.0
+    with pytest.raises(ValueError, match="lr_decay"):
+        mm.GANConfig(lr_decay=1.5)
