@@ -23,14 +23,14 @@ alternating training step. What follows the papers:
   SAGAN, Zhang et al. 2019), two time-scale learning rates (TTUR, Heusel et al. 2017), an
   exponential moving average of G's weights (Karras et al. 2018; Yazici et al. 2019), learning
   rates that fall linearly to zero over the second half of the run (as CycleGAN trains, Zhu et
-  al. 2017) and a mode-seeking term (Mao et al. 2019); optionally (``text_noise``, off in the book) conditioning
-  augmentation -- G trains on caption features with a little Gaussian noise added (after
-  StackGAN, Zhang et al. 2017, without its learned variance).
+  al. 2017) and a mode-seeking term (Mao et al. 2019); optionally (``text_noise``, off in the
+  book) conditioning augmentation -- G trains on caption features with a little Gaussian noise
+  added (after StackGAN, Zhang et al. 2017, without its learned variance).
 
 Three recipes: ``GANConfig()`` is the book's; ``GANConfig.ablation()`` switches the last
-group off (constant learning rates too) but keeps the rest (an ablation of the book's recipe); ``GANConfig.reed2016()`` is
-Reed et al.'s own: concatenation in D, batch norm, BCE, raw text features, no SN/EMA/TTUR,
-constant learning rates.
+group off (constant learning rates too) but keeps the rest (an ablation of the book's
+recipe); ``GANConfig.reed2016()`` is Reed et al.'s own: concatenation in D, batch norm, BCE,
+raw text features, no SN/EMA/TTUR, constant learning rates.
 """
 
 from __future__ import annotations
@@ -78,10 +78,11 @@ class GANConfig:
     betas: tuple = (0.0, 0.9)
     lr_decay: float = 0.5          # share of each fit, at its end, over which both learning rates fall linearly
                                    # to 0 (as CycleGAN trains, Zhu et al. 2017); 0 = constant rates. On the EPYC
-                                   # in fp32, 1400 steps, seeds 0/1/2 (bench/gan_bench.py protocol, 2026-12-06):
-                                   # Frechet distance 15.8-21.8 instead of 25.3-52.9 with constant rates, seen and
-                                   # held-out consistency as before (0.944-0.953 and 0.885-0.895 lower judge, against
-                                   # 0.942-0.953 and 0.862-0.905); it does not make 1000 steps enough (README)
+                                   # in fp32, 1400 steps, seeds 0/1/2 (bench/results/gan.json at df85a0f against
+                                   # 6f4e483): Frechet distance 16.1-21.8 instead of 25.3-52.9 with constant rates,
+                                   # seen and held-out consistency as before (0.944-0.953 and 0.859-0.895, lower
+                                   # judge, against 0.942-0.953 and 0.862-0.905); it does not make 1000 steps
+                                   # enough (README)
     mismatch_weight: float = 0.5   # weight of (real image, wrong text) among D's fakes; 0 = plain conditional GAN
     interp_fraction: float = 0.25  # share of G's batch conditioned on interpolated captions (GAN-INT)
     text_noise: float = 0.0        # conditioning augmentation (after StackGAN): Gaussian noise of this standard
