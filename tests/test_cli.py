@@ -260,9 +260,8 @@ def test_evaluate_writes_a_report(cli_checkpoint, tmp_path, capsys, tmp_cache):
 # ------------------------------------------------------------------------ caption (image -> text)
 @pytest.fixture()
 def scene_png(world, tmp_path):
-    from torchvision.utils import save_image
     path = tmp_path / "scene.png"
-    save_image((world.sample(1, seed=3)[0] + 1) / 2, str(path))
+    mm.viz.save_grid(world.sample(1, seed=3)[0], path, nrow=1, scale=1)
     return path
 
 

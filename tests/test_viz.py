@@ -1,5 +1,7 @@
 """Pictures: grids have the documented size and range; saved grids are PNGs."""
 
+import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -15,6 +17,38 @@ def test_image_grid_shape_and_range():
     assert grid[0, 1, 1] == 0.0
     big = viz.image_grid(images, nrow=4, padding=0, scale=3)
     assert big.shape == (3, 24, 96)
+
+
+@pytest.mark.parametrize("n, nrow, padding", [(1, 8, 2), (3, 8, 2), (5, 2, 1), (8, 4, 0), (13, 4, 2)])
+def test_tile_matches_torchvision_make_grid(n, nrow, padding):
+    make_grid = pytest.importorskip("torchvision.utils").make_grid
+    x = torch.rand(n, 3, 6, 5)
+    assert torch.equal(viz.tile(x, nrow=nrow, padding=padding), make_grid(x, nrow=nrow, padding=padding, pad_value=1.0))
+
+
+def test_tile_refuses_what_is_not_a_batch():
+    with pytest.raises(ValueError, match="expects a batch of images"):
+        viz.tile(torch.zeros(3, 8, 8))
+    with pytest.raises(ValueError, match="no images"):
+        viz.tile(torch.zeros(0, 3, 8, 8))
+
+
+def test_importing_the_library_does_not_import_torchvision():
+    # torchvision pulls in torch._dynamo: seconds of every kernel's start (viz.py)
+    import subprocess
+    import sys
+    code = "import sys, mmtutor; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_save_grid_writes_the_grid_pixels(tmp_path):
+    images = torch.linspace(-1, 1, 2 * 3 * 4 * 4).view(2, 3, 4, 4)
+    viz.save_grid(images, tmp_path / "p.png", nrow=2, scale=1)
+    with Image.open(tmp_path / "p.png") as im:
+        saved = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+    expected = viz.image_grid(images, nrow=2, padding=2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+    assert torch.equal(saved, expected)
 
 
 def test_save_grid(tmp_path):
