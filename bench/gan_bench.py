@@ -9,11 +9,12 @@ instead of the discriminant projection, without the attribute readout). The head
 reed2016) runs with three seeds; the ablations with one. "plainbank" is the book's recipe trained
 on a caption bank without neutral words (``caption_noise=0``, see ``mm.data.PairPool``) and
 "noreadout" the book's recipe without the attribute readout (``text_readout="none"``, see
-``mm.condition``), "tokreadout" with the readout on MiniLM's token vectors instead of its
-sentence vector (``text_readout="tokens"``, beside the discriminant directions) and "tokonly"
-with that readout alone, no directions (``text_dims=0``), each with every seed of the headline
-pair: they measure what the neutral words and each readout buy on phrasings outside the grammar
-and cost elsewhere.
+``mm.condition``), "sentence" with the readout on the discriminant directions (MiniLM's sentence
+vector) instead of its token vectors (``text_readout="sentence"``, the book's readout before
+the attribute classifier came), "tokonly" with the token readout alone, no directions
+(``text_dims=0``), and "noaux" without D's attribute classifier (``aux_weight=0``), each with
+every seed of the headline pair: they measure what the neutral words, each readout and the
+classifier buy on phrasings outside the grammar and cost elsewhere.
 
 Budget: ``--budget`` wall seconds per run (default 180), MiniLM loading, caption encoding and
 pool rendering included and reported separately, every run trained from scratch; ``--steps``
@@ -32,7 +33,7 @@ Writes bench/results/gan.json on a CPU without AMX (float32), gan_amx.json on on
 recipes-and-seeds side by side, each in its own process with one torch thread, as ``make book``
 trains its models (the sampling latencies are then measured beside another run, too).
 
-    python bench/gan_bench.py [--budget 180 | --steps 1400 [--jobs 2]] [--seeds 0 1 2] [--recipes book,reed2016,plainbank,noreadout]
+    python bench/gan_bench.py [--budget 180 | --steps 1400 [--jobs 2]] [--seeds 0 1 2] [--recipes book,sentence,noaux]
 """
 import argparse
 import dataclasses
@@ -88,8 +89,8 @@ def train_for(recipe: str, config, world, prof, budget: float, seed: int):
 
 # variants of the book's recipe: their config overrides ("plainbank" changes the caption bank instead)
 BOOK_VARIANTS = {"zscore": {"text_norm": "zscore", "text_readout": "none"}, "noreadout": {"text_readout": "none"},
-                 "tokreadout": {"text_readout": "tokens"}, "tokonly": {"text_readout": "tokens", "text_dims": 0},
-                 "plainbank": {}}
+                 "sentence": {"text_readout": "sentence"}, "tokonly": {"text_readout": "tokens", "text_dims": 0},
+                 "noaux": {"aux_weight": 0.0}, "plainbank": {}}
 
 
 def run(recipe: str, world, prof, judges, budget: float | None, steps: int | None, seed: int) -> dict:
@@ -167,9 +168,9 @@ def main():
     ap.add_argument("--budget", type=float, default=180.0, help="wall seconds per run (default 180)")
     ap.add_argument("--steps", type=int, default=None, help="same number of steps for every run instead")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the headline pair")
-    ap.add_argument("--recipes", default="book,reed2016,plainbank,noreadout,tokreadout,tokonly,ablation,zscore",
-                    help="comma-separated subset of book,reed2016,plainbank,noreadout,tokreadout,tokonly,ablation,"
-                         "zscore (the last two run with one seed)")
+    ap.add_argument("--recipes", default="book,reed2016,plainbank,noreadout,sentence,noaux,tokonly,ablation,zscore",
+                    help="comma-separated subset of book,reed2016,plainbank,noreadout,sentence,noaux,tokonly,"
+                         "ablation,zscore (the last two run with one seed)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs side by side, one torch thread each (with --steps only; default 1)")
     args = ap.parse_args()
@@ -183,13 +184,14 @@ def main():
     judges = mm.zoo.judges(world, prof, device="cpu", progress=False)
     chosen = [r for r in args.recipes.split(",") if r]
     for r in chosen:
-        mm.checks.choice(r, "recipe", ("book", "reed2016", "plainbank", "noreadout", "tokreadout", "tokonly",
+        mm.checks.choice(r, "recipe", ("book", "reed2016", "plainbank", "noreadout", "sentence", "noaux", "tokonly",
                                        "ablation", "zscore"))
     if "book" not in chosen:
         raise SystemExit("--recipes must include book (the targets are the book recipe's)")
     todo = [(recipe, seed) for recipe, seeds in (("book", args.seeds), ("plainbank", args.seeds),
-                                                ("noreadout", args.seeds), ("tokreadout", args.seeds),
-                                                ("tokonly", args.seeds), ("reed2016", args.seeds),
+                                                ("noreadout", args.seeds), ("sentence", args.seeds),
+                                                ("noaux", args.seeds), ("tokonly", args.seeds),
+                                                ("reed2016", args.seeds),
                                                 ("ablation", args.seeds[:1]), ("zscore", args.seeds[:1]))
             if recipe in chosen for seed in seeds]
     if args.jobs > 1:

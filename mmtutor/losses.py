@@ -10,7 +10,8 @@ a, D = sigmoid(a), and the logarithms become softplus terms:
 * ``discriminator_loss`` -- the article's L_D (``kind="bce"``) or the hinge loss (Lim & Ye
   2017), with GAN-INT-CLS's mismatched pairs (Reed et al. 2016);
 * ``generator_loss``     -- the article's saturating L_G, the non-saturating fix, or hinge;
-* ``diversity_loss``     -- the mode-seeking term (MSGAN, Mao et al. 2019; DSGAN, Yang et al. 2019).
+* ``diversity_loss``     -- the mode-seeking term (MSGAN, Mao et al. 2019; DSGAN, Yang et al. 2019);
+* ``attribute_loss``     -- an auxiliary classifier's cross-entropy per attribute (AC-GAN, Odena et al. 2017).
 
 Contrastive alignment (CLIP, Radford et al. 2021; InfoNCE, van den Oord et al. 2018):
 ``clip_loss``.
@@ -92,6 +93,23 @@ def diversity_loss(a: torch.Tensor, b: torch.Tensor, za: torch.Tensor, zb: torch
 
 # ======================================================================================
 # contrastive alignment
+def attribute_loss(logits: torch.Tensor, targets: torch.Tensor, n_values: tuple[int, ...]) -> torch.Tensor:
+    """Cross-entropy of an attribute classifier, averaged over attributes (AC-GAN, Odena et al.
+    2017, with one classifier per attribute).
+
+    ``logits`` (B, sum(n_values)) hold one block of scores per attribute, ``targets`` (B, A)
+    the value of each attribute or -1 where it is not known (a caption that leaves it out):
+    each attribute's term is the mean of -log softmax(block)[target] over the rows that know it;
+    attributes no row knows are left out of the average.
+    """
+    if logits.shape[1] != sum(n_values) or targets.shape[1] != len(n_values):
+        raise ValueError(f"attribute_loss: {len(n_values)} attributes with {sum(n_values)} values in all, got "
+                         f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)}")
+    terms = [F.cross_entropy(block, t, ignore_index=-1)
+             for block, t in zip(logits.split(list(n_values), dim=1), targets.unbind(1)) if (t >= 0).any()]
+    return torch.stack(terms).mean() if terms else logits.sum() * 0.0
+
+
 def clip_loss(logits: torch.Tensor, positives: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric contrastive (InfoNCE) loss.
 

@@ -95,6 +95,8 @@ class TextToImage(nn.Module):
 
     kind: str = "text2image"        # the checkpoint's "kind"
     config_class: type = None       # the family's config dataclass
+    config_before: dict = {}        # fields added after checkpoints were written: the value a checkpoint
+                                    # that lacks one was trained with (load() fills it in)
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -213,7 +215,7 @@ class TextToImage(nn.Module):
         if missing:
             raise checkpoint.CheckpointError(f"{path}: its config lacks {missing} (not a {cls.kind} checkpoint of "
                                              "this version of mmtutor)")
-        config = checkpoint.dataclass_from_dict(cls.config_class, conf["model"], str(path))
+        config = checkpoint.dataclass_from_dict(cls.config_class, {**cls.config_before, **conf["model"]}, str(path))
         try:
             world = World(**conf["world"])
             text = CaptionEncoder.from_spec(conf["text"])

@@ -105,7 +105,7 @@ def test_token_readout_needs_its_probabilities(pool):
 
 def test_gan_config_checks_the_readout():
     with pytest.raises(ValueError, match="text_readout='sentence' reads the discriminant directions"):
-        mm.GANConfig(text_norm="zscore")
+        mm.GANConfig(text_norm="zscore", text_readout="sentence")
     mm.GANConfig(text_norm="zscore", text_readout="none")
     mm.GANConfig(text_norm="zscore", text_readout="tokens")
     with pytest.raises(ValueError, match="unknown text_readout 'yes'"):
@@ -113,8 +113,9 @@ def test_gan_config_checks_the_readout():
     with pytest.raises(ValueError, match="text_norm='raw' fits none"):
         mm.GANConfig(text_norm="raw", text_readout="tokens")
     with pytest.raises(ValueError, match="text_dims must be a positive integer"):
-        mm.GANConfig(text_dims=0)                              # the directions are all a sentence readout reads
-    assert mm.GANConfig(text_dims=0, text_readout="tokens").text_dims == 0
+        mm.GANConfig(text_dims=0, text_readout="sentence")     # the directions are all a sentence readout reads
+    assert mm.GANConfig().text_readout == "tokens"            # the book's recipe
+    assert mm.GANConfig(text_dims=0).text_dims == 0
     assert mm.GANConfig.reed2016().text_readout == "none"
     # configs written before the token readout spelled it True / False
     assert mm.GANConfig(text_readout=True).text_readout == "sentence"

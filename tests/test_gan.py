@@ -343,12 +343,14 @@ def test_lr_decay_reaches_both_optimisers(make_gan, pool, monkeypatch, decay, fa
     step = torch.optim.Adam.step
 
     def recording_step(self, *args, **kwargs):
-        lrs.append(self.param_groups[0]["lr"])
+        lrs.append((self.param_groups[0]["params"][0], self.param_groups[0]["lr"]))
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
     gan = make_gan(lr_decay=decay)
     gan.fit(pool, steps=4, batch_size=16, seed=0, bf16=False, progress=False)
+    ours = {id(p) for p in [*gan.G.parameters(), *gan.D.parameters()]}
+    lrs = [lr for first, lr in lrs if id(first) in ours]     # G's and D's (the token readout's fit uses Adam too)
     cfg = gan.config
     assert lrs[0::2] == pytest.approx([cfg.lr_d * f for f in factors])    # D's step, then G's, every step
     assert lrs[1::2] == pytest.approx([cfg.lr_g * f for f in factors])
@@ -359,3 +361,66 @@ def test_published_recipes_keep_constant_rates():
     assert mm.GANConfig.reed2016().lr_decay == 0.0 and mm.GANConfig.ablation().lr_decay == 0.0
     with pytest.raises(ValueError, match="lr_decay"):
         mm.GANConfig(lr_decay=1.5)
+
+
+# ------------------------------------------------------------------------ attribute classifier (AC-GAN)
+def test_attribute_classifier_is_checked_and_on_in_the_book_only(world, smoke):
+    with pytest.raises(ValueError, match=r"aux_weight must be .*got -1"):
+        mm.GANConfig(aux_weight=-1)
+    assert mm.GANConfig().aux_weight > 0
+    assert mm.GANConfig.reed2016().aux_weight == 0 and mm.GANConfig.ablation().aux_weight == 0
+
+
+def test_without_the_classifier_d_has_none(make_gan):
+    gan = make_gan(aux_weight=0.0)
+    assert gan.D.aux_head is None
+    x = torch.zeros(2, 3, gan.config.image_size, gan.config.image_size)
+    with pytest.raises(ValueError, match="no attribute classifier"):
+        gan.D(x, torch.zeros(2, gan.text.dim), aux=True)
+
+
+def test_attribute_classifier_reads_real_scenes_and_steers_g_by_the_caption(make_gan, pool):
+    """D's classifier learns every attribute of the real images (their whole scene); G's targets
+    are what each caption names (-1 where it leaves an attribute out, all -1 for interpolated
+    captions), shared by the two images of a pair; the classifier's weights train."""
+    gan = make_gan(aux_weight=1.0)
+    n_values = tuple(len(v) for v in pool.world.attributes.values())
+    assert gan.D.n_values == n_values and gan.D.aux_head[-1].out_features == sum(n_values)
+    seen = {}
+    real_g, real_d = gan._generator_step, gan._discriminator_step
+
+    def g_step(G, D, opt, z, g_text, layout, div_target, bf16, g_attrs):
+        seen["g_attrs"], seen["layout"] = g_attrs.clone(), layout
+        return real_g(G, D, opt, z, g_text, layout, div_target, bf16, g_attrs)
+
+    def d_step(G, D, opt, real, text, text_wrong, z, bf16, real_attrs):
+        seen["real_attrs"] = real_attrs.clone()
+        return real_d(G, D, opt, real, text, text_wrong, z, bf16, real_attrs)
+
+    gan._generator_step, gan._discriminator_step = g_step, d_step
+    before = gan.D.aux_head[-1].parametrizations.weight.original.detach().clone()
+    gan.fit(pool, steps=2, batch_size=16, seed=0, bf16=False, progress=False)
+    layout, g_attrs = seen["layout"], seen["g_attrs"]
+    assert seen["real_attrs"].shape == (16, 4) and (seen["real_attrs"] >= 0).all()
+    assert len(layout.interp) and (g_attrs[layout.interp] == -1).all()
+    named = torch.ones(16, dtype=torch.bool)
+    named[layout.interp] = False
+    assert (g_attrs[named] >= 0).any(1).all()                  # every caption names something
+    rows = {tuple(r) for r in pool.caption_attrs.tolist()}
+    assert all(tuple(r) in rows for r in g_attrs[named].tolist())   # each is a caption's parse
+    torch.testing.assert_close(g_attrs[layout.first], g_attrs[layout.first + 1])
+    assert not torch.equal(before, gan.D.aux_head[-1].parametrizations.weight.original)
+
+
+def test_a_checkpoint_from_before_the_classifier_loads_without_it(make_gan, tmp_path):
+    """Checkpoints written before ``aux_weight`` existed hold no classifier weights and no such
+    config field: they load as what they were trained as (aux_weight=0), not as today's default."""
+    old = make_gan(aux_weight=0.0)
+    path = tmp_path / "old.pt"
+    old.save(path)
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["model"]["aux_weight"]
+    torch.save(ckpt, path)
+    loaded = ConditionalGAN.load(path, device="cpu")
+    assert loaded.config.aux_weight == 0.0 and loaded.D.aux_head is None
+    torch.testing.assert_close(loaded.generate([APPLE], n_per_caption=2, seed=1), old.generate([APPLE], n_per_caption=2, seed=1))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmtutor.gan import GANConfig
-from mmtutor.losses import diversity_loss, discriminator_loss, generator_loss
+from mmtutor.losses import attribute_loss, diversity_loss, discriminator_loss, generator_loss
 
 REAL = torch.tensor([2.0, -1.0, 0.5, 3.0], dtype=torch.float64)
 FAKE = torch.tensor([-0.3, 1.2, -4.0], dtype=torch.float64)
@@ -140,3 +140,28 @@ def test_default_config_loss_kinds():
     c = GANConfig()
     assert (c.loss, c.d_loss_kind, c.g_loss_kind) == ("hinge", "hinge", "hinge")
     assert c.betas == (0.0, 0.9) and isinstance(GANConfig(betas=[0.5, 0.9]).betas, tuple)
+
+
+def test_attribute_loss_is_the_mean_cross_entropy_over_attributes():
+    logits = torch.tensor([[2.0, 0.0, -1.0, 0.5, 0.1], [0.0, 1.0, 3.0, -0.5, 0.4]], dtype=torch.float64)
+    targets = torch.tensor([[0, 1], [2, -1]])                  # row 2 leaves the second attribute out
+    logp = torch.log_softmax
+    first = -(logp(logits[0, :3], 0)[0] + logp(logits[1, :3], 0)[2]) / 2
+    second = -logp(logits[0, 3:], 0)[1]                        # only the row that names it
+    torch.testing.assert_close(attribute_loss(logits, targets, (3, 2)), (first + second) / 2)
+
+
+def test_attribute_loss_leaves_out_attributes_no_row_names():
+    logits = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    only_first = torch.tensor([[0, -1], [1, -1], [2, -1]])
+    torch.testing.assert_close(attribute_loss(logits, only_first, (3, 2)),
+                               torch.nn.functional.cross_entropy(logits[:, :3], only_first[:, 0]))
+    nothing = attribute_loss(logits, torch.full((3, 2), -1), (3, 2))
+    assert nothing.item() == 0.0
+    nothing.backward()                                         # still part of the graph: no special case
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_attribute_loss_names_a_shape_mismatch():
+    with pytest.raises(ValueError, match=r"2 attributes with 5 values in all, got logits \(2, 4\)"):
+        attribute_loss(torch.zeros(2, 4), torch.zeros(2, 2, dtype=torch.long), (3, 2))
