@@ -91,8 +91,6 @@ def diversity_loss(a: torch.Tensor, b: torch.Tensor, za: torch.Tensor, zb: torch
     return (F.relu(target - image_dist / noise_dist) / target).mean()
 
 
-# ======================================================================================
-# contrastive alignment
 def attribute_loss(logits: torch.Tensor, targets: torch.Tensor, n_values: tuple[int, ...]) -> torch.Tensor:
     """Cross-entropy of an attribute classifier, averaged over attributes (AC-GAN, Odena et al.
     2017, with one classifier per attribute).
@@ -110,6 +108,8 @@ def attribute_loss(logits: torch.Tensor, targets: torch.Tensor, n_values: tuple[
     return torch.stack(terms).mean() if terms else logits.sum() * 0.0
 
 
+# ======================================================================================
+# contrastive alignment
 def clip_loss(logits: torch.Tensor, positives: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric contrastive (InfoNCE) loss.
 
