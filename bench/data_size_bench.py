@@ -70,7 +70,8 @@ def main():
                                "min": min(r[k] for r in rs), "max": max(r[k] for r in rs)}
                            for k in ("seen_joint", "heldout_joint", "fd")}
     write("data_size", {"profile": prof.name, "steps": prof.gan_steps, "batch_size": prof.batch_size,
-                        "jobs": args.jobs, "judge": "cnn", "judge_accuracy_real": judge.accuracy, "runs": runs, "summary": summary},
+                        "jobs": args.jobs, "threads_per_job": 1 if args.jobs > 1 else torch.get_num_threads(),
+                        "judge": "cnn", "judge_accuracy_real": judge.accuracy, "runs": runs, "summary": summary},
           bf16=prof.bf16)
 
 
