@@ -52,3 +52,31 @@ def test_amx_wins_for_some_models_and_loses_for_others():
     ratio = {(m, loop): xeon[m]["book"][loop]["ms_per_step_median"] / d["ms_per_step_median"]
              for m in epyc.keys() & xeon.keys() for loop, d in epyc[m]["book"].items()}
     assert min(ratio.values()) < 1 < max(ratio.values()), f"Xeon / EPYC ms per step: {ratio}"
+
+
+def _results_table():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("results_table", ROOT / "tools" / "results_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_budget_rows_show_the_phrasing_sets_when_measured():
+    rt = _results_table()
+    span = {"mean": 0.95, "min": 0.94, "max": 0.96}
+    base = {"model": "gan", "seeds": [0, 1], "jobs": 2,
+            "summary": {"1000": {"train_seconds_mean": 300.0, "seen_lower_judge": span, "heldout_lower_judge": span}}}
+    (what, value), = rt.budget_rows(base)
+    assert "seen / held-out, lower judge" in what and value.count("0.950") == 2
+    base["summary"]["1000"].update({f"{k}_lower_judge": span for k in ("free", "fresh", "third")})
+    (what, value), = rt.budget_rows(base)
+    assert "seen / held-out / free / fresh / third phrasings" in what and value.count("0.950") == 5
+
+
+def test_a_file_from_side_by_side_runs_says_one_thread_each():
+    rt = _results_table()
+    m = {"cpu": "X", "amx": False, "precision": "fp32", "torch_threads": 2, "torch": "2", "date": "2026-12-06"}
+    assert "2 runs side by side, 1 torch thread each" in rt._machine({"machine": m, "jobs": 2})
+    assert "2 torch threads" in rt._machine({"machine": m, "jobs": 1})
+    assert "2 runs side by side, 2 torch threads each" in rt._machine({"machine": m, "jobs": 2, "threads_per_job": 2})
