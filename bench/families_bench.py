@@ -62,17 +62,6 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-class Completion:
-    """A model whose ``generate`` completes each caption first (``complete=True``) or never does
-    (``complete=False``), whatever its config's default (the book GAN's is to complete)."""
-
-    def __init__(self, model, complete: bool):
-        self.model, self.complete = model, complete
-
-    def generate(self, captions, n_per_caption=1, seed=0, **options):
-        return self.model.generate(captions, n_per_caption=n_per_caption, seed=seed, complete=self.complete, **options)
-
-
 # ======================================================================================
 # training: one run per family, snapshots of the sampling weights at wall-clock marks
 def sampling_state(model, family: str) -> dict:
@@ -196,8 +185,8 @@ def part_table(models, records, world, prof, judges, cnn, seed):
             ec = mm.metrics.evaluation_captions(world, split, seed=seed)
             rep[name] = mm.metrics.consistency_by_judge(m, judges, world, ec, n_per_caption=prof.eval_per_caption,
                                                         seed=seed)
-        cov = {"plain": mm.metrics.size_coverage(Completion(m, False), cnn, world, n_per_caption=16, seed=seed),
-               "completed": mm.metrics.size_coverage(Completion(m, True), cnn, world, n_per_caption=16, seed=seed)}
+        cov = {"plain": mm.metrics.size_coverage(m, cnn, world, n_per_caption=16, seed=seed, complete=False),
+               "completed": mm.metrics.size_coverage(m, cnn, world, n_per_caption=16, seed=seed, complete=True)}
         s = spread(m, cnn, world, caps)
         row = {"training": records[family],
                "consistency": {n: clean({j: r for j, r in rep[n].items() if isinstance(r, dict)})

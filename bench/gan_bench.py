@@ -119,11 +119,9 @@ def run(recipe: str, world, prof, judges, budget: float | None, steps: int | Non
         out[f"{phrasing}_phrasing_joint_range"] = [r4(x) for x in fr["range"]]
     judge = judges["cnn judge"]
     for complete in (False, True):
-        gan.config.complete_captions = complete
-        sc = mm.metrics.size_coverage(gan, judge, world, n_per_caption=32, seed=seed)
+        sc = mm.metrics.size_coverage(gan, judge, world, n_per_caption=32, seed=seed, complete=complete)
         out[f"size_coverage_{'completed' if complete else 'alone'}"] = {
             "tv": r4(sc["tv"]), "large_share_by_object": {k: r4(v) for k, v in sc["large_share_by_object"].items()}}
-    gan.config.complete_captions = config.complete_captions
     caps = (mm.metrics.evaluation_captions(world, "train", seed=3)[:64]
             + mm.metrics.evaluation_captions(world, "heldout", seed=3)[:16])
     fake = gan.generate(caps, n_per_caption=8, seed=2)

@@ -185,12 +185,15 @@ def coverage(pred: torch.Tensor, target: torch.Tensor, world: World, n_per_capti
 
 
 def size_coverage(model, judge: Judge, world: World, n_per_caption: int = 32, seed: int = 0,
-                  split: str = "train") -> dict:
+                  split: str = "train", complete: bool | None = None) -> dict:
     """How often each size appears for captions that leave the size out (one per colour, object
-    and relation of the split). Real renders show each size half the time. Returns the mean TV
-    distance, the share of large objects per object type, and the worst caption."""
+    and relation of the split). Real renders show each size half the time. ``complete`` goes to
+    ``model.generate`` (None: the model's own setting, e.g. the book's GAN completes captions
+    first; False: the model alone). Returns the mean TV distance, the share of large objects per
+    object type, and the worst caption."""
     caps = sizeless_captions(world, split, seed=seed)
-    images = model.generate(caps, n_per_caption=n_per_caption, seed=seed)
+    images = model.generate(caps, n_per_caption=n_per_caption, seed=seed,
+                            **({} if complete is None else {"complete": complete}))
     pred = judge.predict(images)
     target = caption_attrs_tensor(world, caps).repeat_interleave(n_per_caption, 0)
     cov = coverage(pred, target, world, n_per_caption)

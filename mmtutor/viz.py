@@ -87,15 +87,20 @@ def labelled_grid(images: torch.Tensor, labels: list[str], ncols: int = 4, width
     if len(images) != len(labels):
         raise ValueError(f"got {len(images)} images but {len(labels)} labels")
     rows = -(-len(images) // ncols)
-    fig, axes = plt.subplots(rows, ncols, figsize=(width, rows * width / ncols * 1.25), squeeze=False)
+    texts = ["\n".join(textwrap.wrap(lab, wrap)) for lab in labels]
+    lines = max(t.count("\n") + 1 for t in texts)
+    fontsize = 9
+    label_h = lines * fontsize * 1.3 / 72 + 0.15          # inches of label under each image
+    fig, axes = plt.subplots(rows, ncols, figsize=(width, rows * (width / ncols + label_h)), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, img, lab in zip(axes.flat, images, labels):
+    for ax, img, text in zip(axes.flat, images, texts):
         x = _unit(img.unsqueeze(0))
         if scale > 1:
             x = F.interpolate(x, scale_factor=scale, mode="nearest")
         ax.imshow(x[0].permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_title("\n".join(textwrap.wrap(lab, wrap)), fontsize=8, y=-0.02, va="top")
+        # below the image, not over its bottom edge (a title at negative y keeps its upward pad)
+        ax.text(0.5, -0.02, text, transform=ax.transAxes, ha="center", va="top", fontsize=fontsize)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -128,6 +128,34 @@ class _Renderer:
         return real_images_for(self.world, captions, n_per_caption, seed=seed)
 
 
+class _OneSize:
+    """A stand-in generator that draws every caption without a size as large -- unless asked to
+    complete captions first, when it gives every other image a small object."""
+
+    def __init__(self, world):
+        self.world, self.calls = world, []
+
+    def generate(self, captions, n_per_caption=1, seed=0, **options):
+        self.calls.append(options)
+        out = []
+        for k, c in enumerate(c for c in captions for _ in range(n_per_caption)):
+            attrs = self.world.parse(c)
+            if "size" not in attrs:
+                attrs["size"] = "small" if options.get("complete") and k % 2 else "large"
+            out.append(real_images_for(self.world, [self.world.caption(attrs, template=0)], 1, seed=seed + k))
+        return torch.cat(out)
+
+
+def test_size_coverage_sees_one_size_and_passes_complete(judge, world):
+    model = _OneSize(world)
+    alone = mm.metrics.size_coverage(model, judge, world, n_per_caption=4, seed=0, complete=False)
+    assert alone["large_share"] > 0.95 and alone["tv"] > 0.45       # always large: TV 0.5 from 50/50
+    done = mm.metrics.size_coverage(model, judge, world, n_per_caption=4, seed=0, complete=True)
+    assert 0.4 < done["large_share"] < 0.6 and done["tv"] < 0.1
+    mm.metrics.size_coverage(model, judge, world, n_per_caption=4, seed=0)
+    assert model.calls == [{"complete": False}, {"complete": True}, {}]   # None: the model's own setting
+
+
 def test_caption_consistency_pipeline(judge, world):
     caps = evaluation_captions(world, "train", seed=0)[::4]
     good = caption_consistency(_Renderer(world), judge, world, caps, n_per_caption=2)
