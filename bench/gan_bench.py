@@ -47,6 +47,9 @@ import mmtutor as mm
 from common import side_by_side, write
 
 
+SIZE_COVERAGE_N = 32      # images per size-less caption for size coverage (recorded in the protocol)
+
+
 def latency(gan, n: int, repeats: int = 20) -> float:
     caps = ["a red apple on the table"]
     gan.generate(caps, n_per_caption=n, seed=0)                     # warm-up
@@ -119,7 +122,7 @@ def run(recipe: str, world, prof, judges, budget: float | None, steps: int | Non
         out[f"{phrasing}_phrasing_joint_range"] = [r4(x) for x in fr["range"]]
     judge = judges["cnn judge"]
     for complete in (False, True):
-        sc = mm.metrics.size_coverage(gan, judge, world, n_per_caption=32, seed=seed, complete=complete)
+        sc = mm.metrics.size_coverage(gan, judge, world, n_per_caption=SIZE_COVERAGE_N, seed=seed, complete=complete)
         out[f"size_coverage_{'completed' if complete else 'alone'}"] = {
             "tv": r4(sc["tv"]), "large_share_by_object": {k: r4(v) for k, v in sc["large_share_by_object"].items()}}
     caps = (mm.metrics.evaluation_captions(world, "train", seed=3)[:64]
@@ -210,6 +213,7 @@ def main():
     write(name, {"protocol": {"budget_seconds": None if args.steps else args.budget, "steps": args.steps,
                                "jobs": args.jobs, "threads_per_job": 1 if args.jobs > 1 else torch.get_num_threads(),
                                "profile": prof.name, "batch_size": prof.batch_size,
+                               "size_coverage_per_caption": SIZE_COVERAGE_N,
                                "caption_bank": {"augment": prof.caption_augment, "noise": prof.caption_noise,
                                                 "plainbank_noise": 0.0}},
                   "judges_accuracy_real": {n: j.accuracy for n, j in judges.items()},

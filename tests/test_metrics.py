@@ -146,6 +146,19 @@ class _OneSize:
         return torch.cat(out)
 
 
+def test_tv_by_chance_is_the_floor_of_a_perfectly_even_generator():
+    assert mm.metrics.tv_by_chance(16) == pytest.approx(0.0982, abs=1e-4)
+    assert mm.metrics.tv_by_chance(32) == pytest.approx(0.0700, abs=1e-4)
+    assert mm.metrics.tv_by_chance(1) == pytest.approx(0.5)            # one image is always all one size
+    g = torch.Generator().manual_seed(0)                                # against simulated 50/50 draws
+    draws = torch.rand(20000, 16, generator=g) < 0.5
+    assert (draws.float().mean(1) - 0.5).abs().mean().item() == pytest.approx(mm.metrics.tv_by_chance(16), abs=0.003)
+    with pytest.raises(ValueError, match="images per caption"):
+        mm.metrics.tv_by_chance(0)
+    with pytest.raises(ValueError, match="p"):
+        mm.metrics.tv_by_chance(16, p=1.5)
+
+
 def test_size_coverage_sees_one_size_and_passes_complete(judge, world):
     model = _OneSize(world)
     alone = mm.metrics.size_coverage(model, judge, world, n_per_caption=4, seed=0, complete=False)
