@@ -30,7 +30,6 @@ import math
 
 import torch
 
-
 from . import checks, grammar
 from .data import caption_matches
 from .judge import Judge, all_named_right, attribute_accuracy, judge_accuracy, train_judge  # noqa: F401 (re-exported)
