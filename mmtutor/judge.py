@@ -103,15 +103,17 @@ class Judge(nn.Module):
         f = self.features(x)
         return {k: head(f) for k, head in self.heads.items()}
 
-    def _batches(self, x: torch.Tensor, batch_size: int, who: str):
+    def _batches(self, x: torch.Tensor, batch_size: int | None, who: str):
+        # batch_size None: runtime.inference_batch (128 images on a CPU, 512 on an accelerator)
         x = checks.images(x, self.image_size, who)
         self.eval()
         dev = self.device
+        batch_size = runtime.inference_batch(dev) if batch_size is None else checks.count(batch_size, "batch_size")
         for i in range(0, len(x), batch_size):
             yield x[i:i + batch_size].to(dev)
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """(N, 3, S, S) -> (N, 4) predicted attribute indices, in eval mode."""
         out = []
         for chunk in self._batches(x, batch_size, f"{type(self).__name__}.predict"):
@@ -120,7 +122,7 @@ class Judge(nn.Module):
         return torch.cat(out)
 
     @torch.no_grad()
-    def probabilities(self, x: torch.Tensor, batch_size: int = 512) -> dict[str, torch.Tensor]:
+    def probabilities(self, x: torch.Tensor, batch_size: int | None = None) -> dict[str, torch.Tensor]:
         """(N, 3, S, S) -> {attribute: (N, n_values) softmax probabilities}."""
         out: dict[str, list] = {k: [] for k in self.attributes}
         for chunk in self._batches(x, batch_size, f"{type(self).__name__}.probabilities"):
@@ -129,7 +131,7 @@ class Judge(nn.Module):
         return {k: torch.cat(v) for k, v in out.items()}
 
     @torch.no_grad()
-    def embed(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    def embed(self, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """Judge features (N, feat), for Frechet distance and diversity."""
         return torch.cat([self.features(c).float().cpu() for c in self._batches(x, batch_size, "Judge.embed")])
 

@@ -21,11 +21,11 @@ from dataclasses import asdict
 import torch
 import torch.nn as nn
 
-from . import checkpoint, checks
+from . import checkpoint, checks, runtime
 from .condition import CaptionEncoder, TextCondition
 from .world import World
 
-GENERATE_CHUNK = 512         # images generated per forward pass (bounds memory, not results)
+GENERATE_CHUNK: int | None = None   # images per forward pass; None: runtime.inference_batch(device)
 FAMILIES: dict[str, type] = {}   # checkpoint kind -> class, filled as the family modules are imported
 
 
@@ -168,8 +168,9 @@ class TextToImage(nn.Module):
         self.eval()
         out = torch.empty(total, 3, self.world.image_size, self.world.image_size)
         try:
-            for i in range(0, total, GENERATE_CHUNK):
-                chunk = reps[i:i + GENERATE_CHUNK]
+            step = GENERATE_CHUNK or runtime.inference_batch(self.device)
+            for i in range(0, total, step):
+                chunk = reps[i:i + step]
                 images = self._generate(self.condition(chunk), NoiseStreams(seed, i, len(chunk), self.device), **options)
                 self._check_output(images)
                 out[i:i + len(chunk)] = images.float().cpu()

@@ -50,6 +50,13 @@ def test_an_image_does_not_depend_on_the_other_captions(trained_gan):
     torch.testing.assert_close(batched[:3], alone, atol=1e-5, rtol=1e-5)
 
 
+def test_an_image_does_not_depend_on_the_chunk_size(trained_gan, monkeypatch):
+    default = trained_gan.generate([APPLE, BOX], n_per_caption=4, seed=9)
+    monkeypatch.setattr(mm.text2image, "GENERATE_CHUNK", 3)          # 8 images in passes of 3, 3, 2
+    torch.testing.assert_close(trained_gan.generate([APPLE, BOX], n_per_caption=4, seed=9), default,
+                               atol=1e-5, rtol=1e-5)
+
+
 def test_interpolate(trained_gan):
     out = trained_gan.interpolate(APPLE, BOX, steps=5, n=2, seed=4)
     assert out.shape == (10, 3, 32, 32) and torch.isfinite(out).all()

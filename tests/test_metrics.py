@@ -207,3 +207,13 @@ def test_judge_outputs(judge, world):
                                                               "relation": (5, 4), "size": (5, 2)}
     assert judge.embed(images).shape == (5, 128)
     assert judge.predict(images).shape == (5, 4)
+
+
+def test_judge_batch_size_sets_speed_not_results(judge, world):
+    images, _, _ = world.sample(7, seed=13)
+    assert torch.equal(judge.predict(images, batch_size=3), judge.predict(images))
+    torch.testing.assert_close(judge.embed(images, batch_size=2), judge.embed(images), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        judge.predict(images, batch_size=0)
+    with pytest.raises(TypeError, match="batch_size must be an integer"):
+        judge.probabilities(images, batch_size=2.5)

@@ -100,6 +100,11 @@ def test_record_chapter_without_the_variable_writes_nothing(tmp_path, monkeypatc
     assert not list(tmp_path.iterdir())
 
 
+def test_inference_batch_is_smaller_on_a_cpu():
+    assert runtime.inference_batch("cpu") == 128
+    assert runtime.inference_batch(torch.device("cuda")) == 512      # naming a device needs no GPU
+
+
 def test_autocast_disabled_is_a_no_op():
     with runtime.autocast(torch.device("cpu"), enabled=False):
         y = torch.ones(2, 2) @ torch.ones(2, 2)
