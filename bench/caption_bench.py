@@ -103,8 +103,10 @@ def main():
 
     seeds = {args.seed: {"seen_greedy": acc["seen_greedy"], "heldout_greedy": acc["heldout_greedy"],
                          "train_seconds": round(hist["total_seconds"], 1)}}
+    captioners = {args.seed: model}             # every seed's captioner also reads the GAN's images below
     for s in args.more_seeds:
         m, h_s = train(s)
+        captioners[s] = m
         seeds[s] = {"seen_greedy": joint(m, "train"), "heldout_greedy": joint(m, "heldout"),
                     "train_seconds": round(h_s["total_seconds"], 1)}
         print("seed", s, seeds[s], flush=True)
@@ -190,9 +192,16 @@ def main():
             "n_per_caption": prof.eval_per_caption,
             "judge_accuracy_real": {k: {s: rounded(v) for s, v in j.accuracy.items()} for k, j in judges.items()}}
     ok = True
+    per_seed = {s: {} for s in captioners}
     for split, name in (("train", "seen"), ("heldout", "heldout")):
         caps = mm.metrics.evaluation_captions(world, split, seed=args.seed)
         r = C.round_trip(model, gan, judges, world, caps, n_per_caption=prof.eval_per_caption, seed=args.seed)
+        for s, m in captioners.items():            # the same GAN images, read by each seed's captioner
+            r_s = r if s == args.seed else C.round_trip(m, gan, judges, world, caps, n_per_caption=prof.eval_per_caption,
+                                                        seed=args.seed, images=r["images"])
+            per_seed[s][name] = {"cycle_joint": round(r_s["cycle"]["joint"], 4),
+                                 "cycle_minus_judge_points": {k: round(100 * (r_s["cycle"]["joint"] - r_s["judges"][k]["joint"]), 2)
+                                                              for k in judges}}
         jj = {k: r["judges"][k]["joint"] for k in judges}
         diff = {k: round(100 * (r["cycle"]["joint"] - v), 2) for k, v in jj.items()}
         examples = [{"caption": caps[i // prof.eval_per_caption], "captioner_read": r["read_back"][i],
@@ -207,6 +216,11 @@ def main():
         ok &= all(abs(d) <= 3 for d in diff.values())
         print("round trip", name, trip[name]["cycle"]["joint"], jj, flush=True)
     trip["target_within_3_points_of_every_judge"] = bool(ok)
+    trip["per_captioner_seed"] = per_seed
+    gaps = [d for v in per_seed.values() for split in v.values() for d in split["cycle_minus_judge_points"].values()]
+    trip["cycle_minus_judge_points_every_seed"] = {"min": min(gaps), "max": max(gaps), "seeds": sorted(per_seed)}
+    trip["target_within_3_points_every_captioner_seed"] = bool(all(abs(d) <= 3 for d in gaps))
+    print("round trip per captioner seed", per_seed, flush=True)
     out["round_trip"] = trip
 
     # ------------------------------------------------------------------ latency
