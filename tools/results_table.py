@@ -129,6 +129,16 @@ def caption_rows(d: dict) -> list[tuple[str, str]]:
             rows.append((f"round trip caption → GAN → captioner, {split} combinations: joint agreement with the "
                          "caption (the judges' joint consistency on the same images)",
                          f"{r['cycle']['joint']:.3f} ({judges})"))
+    per_seed = rt.get("per_captioner_seed")
+    if isinstance(per_seed, dict) and per_seed:
+        cells = []
+        for split in ("seen", "heldout"):
+            vals = [v[split]["cycle_joint"] for v in per_seed.values() if split in v]
+            gaps = [g for v in per_seed.values() if split in v for g in v[split]["cycle_minus_judge_points"].values()]
+            if vals:
+                cells.append(f"{split} {min(vals):.3f}-{max(vals):.3f}, {min(gaps):+.1f} to {max(gaps):+.1f} points")
+        rows.append((f"round trip read by each of {len(per_seed)} captioner seeds ({', '.join(map(str, per_seed))}) on the same GAN "
+                     "images: joint agreement (range), minus the judges' (range, points)", "; ".join(cells)))
     return rows
 
 
