@@ -18,9 +18,11 @@ STAMP  := $(VENV)/.installed
 # PYTHONDONTWRITEBYTECODE set (this project's build machines have it) makes every process,
 # every notebook kernel and test worker, compile the same sources again. The targets below
 # unset it, so the venv's __pycache__ fills on first use. Measured on the 2-core AMD EPYC
-# (fp32, one thread), three runs of a chapter's first cell (imports, judges, the GAN, its
-# training pool, from a warm model cache): 23.6 s with the variable set, 10.4 and 10.8 s without.
+# (fp32, one thread), a chapter's first cell (imports, judges, the GAN, its training pool, from
+# a warm model cache) in a fresh process: 23.6 s while it compiled its imports (as every process
+# does with the variable set), 10.4 and 10.8 s in the next two runs, which read the cached bytecode.
 unexport PYTHONDONTWRITEBYTECODE
+
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt

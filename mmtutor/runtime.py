@@ -217,7 +217,7 @@ def inference_batch(dev: torch.device | str) -> int:
     fp32, one thread, 2026-12-07), 128 instead of 512 drew 2048 GAN images in 1.40-1.55 s instead
     of 2.03-2.16 s, 2048 VAE images in 2.03-2.09 s instead of 3.24 s and 512 diffusion images
     (20 network evaluations each) in 7.9-8.4 s instead of 8.9-9.0 s, all identical, and the
-    judges read 2048 renders 10-35 % faster with the same predictions (two runs of each)."""
+    judges read 2048 renders in 6-39 % less time with the same predictions (two runs of each)."""
     return 128 if torch.device(dev).type == "cpu" else 512
 
 
