@@ -259,6 +259,17 @@ def attention_maps(weights: torch.Tensor, tokens: list[str], image: torch.Tensor
     return fig
 
 
+def bench_results(name: str) -> dict | None:
+    """The repository's ``bench/results/<name>.json``, looked for from the folder a notebook runs
+    in and every folder above it; None where there is none (Colab, a copy of one notebook)."""
+    from pathlib import Path
+    import json
+    here = Path.cwd()
+    path = next((d / "bench" / "results" / f"{name}.json" for d in (here, *here.parents)
+                 if (d / "bench" / "results" / f"{name}.json").is_file()), None)
+    return None if path is None else json.loads(path.read_text())
+
+
 def glue(name: str, value, display: bool = False) -> None:
     """Hand a computed number to the book's prose ({glue:text}`name` in MyST). Outside a book
     build (Colab without myst-nb) it does nothing; the printed outputs still show the value."""
@@ -269,5 +280,5 @@ def glue(name: str, value, display: bool = False) -> None:
     _glue(name, value, display=display)
 
 
-__all__ = ["glue", "image_grid", "save_grid", "show_grid", "labelled_grid", "describe_model", "caption_rows", "plot_history", "similarity_heatmap",
+__all__ = ["bench_results", "glue", "image_grid", "save_grid", "show_grid", "labelled_grid", "describe_model", "caption_rows", "plot_history", "similarity_heatmap",
            "pca_2d", "embedding_map", "attention_maps"]

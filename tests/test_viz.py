@@ -55,3 +55,15 @@ def test_save_grid(tmp_path):
     viz.save_grid(torch.zeros(3, 3, 8, 8), tmp_path / "g.png", nrow=3, scale=2)
     with Image.open(tmp_path / "g.png") as im:
         assert im.size == (3 * 18 + 2, 18 + 2)
+
+
+def test_bench_results_are_found_from_a_subfolder_and_absent_elsewhere(tmp_path, monkeypatch):
+    import json
+    (tmp_path / "repo" / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "repo" / "bench" / "results" / "x.json").write_text(json.dumps({"machine": {"cpu": "c"}}))
+    (tmp_path / "repo" / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "repo" / "notebooks")
+    assert viz.bench_results("x") == {"machine": {"cpu": "c"}}
+    assert viz.bench_results("missing") is None
+    monkeypatch.chdir(tmp_path)
+    assert viz.bench_results("x") is None
