@@ -11,7 +11,10 @@ a, D = sigmoid(a), and the logarithms become softplus terms:
   2017), with GAN-INT-CLS's mismatched pairs (Reed et al. 2016);
 * ``generator_loss``     -- the article's saturating L_G, the non-saturating fix, or hinge;
 * ``diversity_loss``     -- the mode-seeking term (MSGAN, Mao et al. 2019; DSGAN, Yang et al. 2019);
-* ``attribute_loss``     -- an auxiliary classifier's cross-entropy per attribute (AC-GAN, Odena et al. 2017).
+* ``attribute_loss``     -- an auxiliary classifier's cross-entropy per attribute (AC-GAN, Odena et al. 2017);
+* ``unstated_loss``      -- for what a caption leaves out: the batch's readings should spread like the
+  data's, each image showing one value (the information-maximisation loss of Krause et al. 2010 and
+  Hu et al. 2017, with the data's shares as its target).
 
 Contrastive alignment (CLIP, Radford et al. 2021; InfoNCE, van den Oord et al. 2018):
 ``clip_loss``.
@@ -105,6 +108,53 @@ def attribute_loss(logits: torch.Tensor, targets: torch.Tensor, n_values: tuple[
                          f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)}")
     terms = [F.cross_entropy(block, t, ignore_index=-1)
              for block, t in zip(logits.split(list(n_values), dim=1), targets.unbind(1)) if (t >= 0).any()]
+    return torch.stack(terms).mean() if terms else logits.sum() * 0.0
+
+
+def unstated_loss(logits: torch.Tensor, unstated: torch.Tensor, n_values: tuple[int, ...],
+                  shares: list[torch.Tensor], groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Spread what a caption leaves out as the data does.
+
+    ``logits`` (B, sum(n_values)) an attribute classifier's scores for B generated images,
+    ``unstated`` (B, A) bool: True where image b's caption leaves attribute a out, ``shares``
+    one tensor per attribute, the share of each value among real images, ``groups`` (B,) ids:
+    rows with one id were drawn for one caption (None: the whole batch is one group). For every
+    attribute some row leaves out, with p_b = softmax(block_b) over those rows and m_g the mean
+    of group g's:
+
+        mean_g KL(shares || m_g) + mean_b H(p_b)
+
+    The first term asks the images of one caption to show each value as often as real images
+    do -- per caption, so that drawing every box large and every star small does not pass for
+    an even batch; the second asks each image to show one value clearly (without it, images
+    that the classifier reads as half one value and half the other would satisfy the first).
+    For two images of one caption and two values, the first term is least when they differ,
+    which a generator that cannot see the other image reaches most often by drawing each value
+    half the time from its noise. Attributes no row leaves out are left out of the average;
+    with none at all the loss is 0.
+    """
+    if logits.shape[1] != sum(n_values) or unstated.shape != (logits.shape[0], len(n_values)):
+        raise ValueError(f"unstated_loss: {len(n_values)} attributes with {sum(n_values)} values in all, got "
+                         f"logits {tuple(logits.shape)} and unstated {tuple(unstated.shape)}")
+    if len(shares) != len(n_values) or any(len(q) != n for q, n in zip(shares, n_values)):
+        raise ValueError(f"unstated_loss: shares must hold one tensor per attribute with {list(n_values)} values, "
+                         f"got lengths {[len(q) for q in shares]}")
+    if groups is None:
+        groups = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+    elif groups.shape != (len(logits),):
+        raise ValueError(f"unstated_loss: groups must hold one id per row ({len(logits)}), got {tuple(groups.shape)}")
+    terms = []
+    for block, rows, q in zip(logits.split(list(n_values), dim=1), unstated.unbind(1), shares):
+        if not rows.any():
+            continue
+        logp = F.log_softmax(block[rows], dim=1)
+        p = logp.exp()
+        ids, which = torch.unique(groups[rows], return_inverse=True)
+        m = torch.zeros(len(ids), p.shape[1], dtype=p.dtype, device=p.device).index_add(0, which, p)
+        m = m / torch.bincount(which, minlength=len(ids)).unsqueeze(1)
+        q = q.to(m)
+        kl = (q * (q.clamp_min(1e-12).log() - m.clamp_min(1e-12).log())).sum(1).mean()
+        terms.append(kl - (p * logp).sum(1).mean())
     return torch.stack(terms).mean() if terms else logits.sum() * 0.0
 
 
@@ -213,5 +263,5 @@ def caption_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int = 0) -
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad_id)
 
 
-__all__ = ["discriminator_loss", "generator_loss", "diversity_loss", "clip_loss", "gaussian_kl", "elbo_loss",
-           "min_snr_weight", "diffusion_loss", "caption_loss"]
+__all__ = ["discriminator_loss", "generator_loss", "diversity_loss", "attribute_loss", "unstated_loss", "clip_loss",
+           "gaussian_kl", "elbo_loss", "min_snr_weight", "diffusion_loss", "caption_loss"]

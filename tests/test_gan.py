@@ -396,9 +396,9 @@ def test_attribute_classifier_reads_real_scenes_and_steers_g_by_the_caption(make
     seen = {}
     real_g, real_d = gan._generator_step, gan._discriminator_step
 
-    def g_step(G, D, opt, z, g_text, layout, div_target, bf16, g_attrs):
-        seen["g_attrs"], seen["layout"] = g_attrs.clone(), layout
-        return real_g(G, D, opt, z, g_text, layout, div_target, bf16, g_attrs)
+    def g_step(G, D, opt, z, g_text, layout, div_target, bf16, g_attrs, g_unstated, shares):
+        seen["g_attrs"], seen["layout"], seen["g_unstated"], seen["shares"] = g_attrs.clone(), layout, g_unstated, shares
+        return real_g(G, D, opt, z, g_text, layout, div_target, bf16, g_attrs, g_unstated, shares)
 
     def d_step(G, D, opt, real, text, text_wrong, z, bf16, real_attrs):
         seen["real_attrs"] = real_attrs.clone()
@@ -417,6 +417,43 @@ def test_attribute_classifier_reads_real_scenes_and_steers_g_by_the_caption(make
     assert all(tuple(r) in rows for r in g_attrs[named].tolist())   # each is a caption's parse
     torch.testing.assert_close(g_attrs[layout.first], g_attrs[layout.first + 1])
     assert not torch.equal(before, gan.D.aux_head[-1].parametrizations.weight.original)
+    # what each caption leaves out (never an interpolation's), and the real images' shares of each value
+    unstated = seen["g_unstated"]
+    assert unstated.dtype == torch.bool and not unstated[layout.interp].any()
+    assert torch.equal(unstated[named], g_attrs[named] < 0)
+    assert [q.tolist() for q in seen["shares"]] == list(pool.attribute_shares().values())
+
+
+def test_unstated_term_is_checked_on_in_the_book_and_off_for_old_checkpoints(make_gan, pool, tmp_path):
+    with pytest.raises(ValueError, match=r"unstated_weight must be .*got -0.5"):
+        mm.GANConfig(unstated_weight=-0.5)
+    assert mm.GANConfig().unstated_weight > 0
+    with pytest.raises(ValueError, match=r"pairs only with diversity_weight > 0 or pair_weight > 0: set unstated_weight=0"):
+        mm.GANConfig(diversity_weight=0.0)               # no pairs, so no second image of a caption to spread over
+    assert mm.GANConfig(diversity_weight=0.0, unstated_weight=0.0).unstated_weight == 0
+    seen = []
+    gan = make_gan(aux_weight=1.0, unstated_weight=0.0)              # off: G's step gets no mask
+    real_g = gan._generator_step
+    gan._generator_step = lambda *a: seen.append(a[9]) or real_g(*a)
+    gan.fit(pool, steps=1, batch_size=16, seed=0, bf16=False, progress=False)
+    assert seen == [None]
+    path = tmp_path / "old.pt"                 # a checkpoint written before the term: it trained without it
+    gan.save(path)
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["model"]["unstated_weight"]
+    torch.save(ckpt, path)
+    assert ConditionalGAN.load(path, device="cpu").config.unstated_weight == 0.0
+
+
+def test_unstated_term_changes_what_g_learns(make_gan, pool):
+    """Same seed, same batches: with the term on, the generator's weights end elsewhere."""
+    on, off = make_gan(aux_weight=1.0, unstated_weight=1.0), make_gan(aux_weight=1.0, unstated_weight=0.0)
+    masks, real_g = [], on._generator_step
+    on._generator_step = lambda *a: masks.append(a[9]) or real_g(*a)
+    for gan in (on, off):
+        gan.fit(pool, steps=2, batch_size=16, seed=0, bf16=False, progress=False)
+    assert any(m.any() for m in masks)                         # these batches hold captions without a size
+    assert any(not torch.equal(a, b) for a, b in zip(on.G.state_dict().values(), off.G.state_dict().values()))
 
 
 def test_a_checkpoint_from_before_the_classifier_loads_without_it(make_gan, tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmtutor.gan import GANConfig
-from mmtutor.losses import attribute_loss, diversity_loss, discriminator_loss, generator_loss
+from mmtutor.losses import attribute_loss, diversity_loss, discriminator_loss, generator_loss, unstated_loss
 
 REAL = torch.tensor([2.0, -1.0, 0.5, 3.0], dtype=torch.float64)
 FAKE = torch.tensor([-0.3, 1.2, -4.0], dtype=torch.float64)
@@ -165,3 +165,46 @@ def test_attribute_loss_leaves_out_attributes_no_row_names():
 def test_attribute_loss_names_a_shape_mismatch():
     with pytest.raises(ValueError, match=r"2 attributes with 5 values in all, got logits \(2, 4\)"):
         attribute_loss(torch.zeros(2, 4), torch.zeros(2, 2, dtype=torch.long), (3, 2))
+
+
+HALF = [torch.tensor([1 / 3, 1 / 3, 1 / 3], dtype=torch.float64), torch.tensor([0.5, 0.5], dtype=torch.float64)]
+
+
+def test_unstated_loss_is_kl_to_the_data_shares_plus_each_images_entropy():
+    logits = torch.tensor([[2.0, 0.0, -1.0, 0.5, 0.1], [0.0, 1.0, 3.0, -0.5, 0.4],
+                           [1.0, 1.0, 1.0, 2.0, -2.0]], dtype=torch.float64)
+    unstated = torch.tensor([[False, True], [False, True], [False, False]])   # rows 1-2 leave the size out
+    p = torch.softmax(logits[:2, 3:], 1)
+    m, q = p.mean(0), HALF[1]
+    expected = (q * (q / m).log()).sum() - (p * p.log()).sum(1).mean()
+    torch.testing.assert_close(unstated_loss(logits, unstated, (3, 2), HALF), expected)
+
+
+def test_unstated_loss_is_zero_for_sure_images_that_split_like_the_data():
+    # two images, one read surely small, one surely large: the batch shows each size half the time
+    sure = torch.tensor([[0.0, 0.0, 0.0, 30.0, -30.0], [0.0, 0.0, 0.0, -30.0, 30.0]], dtype=torch.float64)
+    unstated = torch.tensor([[False, True], [False, True]])
+    assert unstated_loss(sure, unstated, (3, 2), HALF).item() < 1e-9
+    # the same size twice (a collapsed generator) pays KL(1/2, 1/2 || 1, 0), about 0.5 * 60
+    same = sure.clone()
+    same[1, 3:] = sure[0, 3:]
+    assert unstated_loss(same, unstated, (3, 2), HALF).item() > 10.0
+    # two undecided images split the batch evenly too, but pay their entropy, log 2
+    undecided = torch.zeros(2, 5, dtype=torch.float64)
+    torch.testing.assert_close(unstated_loss(undecided, unstated, (3, 2), HALF),
+                               torch.tensor(2.0, dtype=torch.float64).log())
+
+
+def test_unstated_loss_with_nothing_left_out_is_zero_and_in_the_graph():
+    logits = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    nothing = unstated_loss(logits, torch.zeros(3, 2, dtype=torch.bool), (3, 2), HALF)
+    assert nothing.item() == 0.0
+    nothing.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_unstated_loss_names_a_shape_mismatch():
+    with pytest.raises(ValueError, match=r"2 attributes with 5 values in all, got logits \(2, 4\) and unstated"):
+        unstated_loss(torch.zeros(2, 4), torch.zeros(2, 2, dtype=torch.bool), (3, 2), HALF)
+    with pytest.raises(ValueError, match=r"shares must hold one tensor per attribute with \[3, 2\] values"):
+        unstated_loss(torch.zeros(2, 5), torch.zeros(2, 2, dtype=torch.bool), (3, 2), HALF[:1])
