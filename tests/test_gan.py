@@ -390,7 +390,7 @@ def test_attribute_classifier_reads_real_scenes_and_steers_g_by_the_caption(make
     """D's classifier learns every attribute of the real images (their whole scene); G's targets
     are what each caption names (-1 where it leaves an attribute out, all -1 for interpolated
     captions), shared by the two images of a pair; the classifier's weights train."""
-    gan = make_gan(aux_weight=1.0)
+    gan = make_gan(aux_weight=1.0, unstated_weight=0.25)
     n_values = tuple(len(v) for v in pool.world.attributes.values())
     assert gan.D.n_values == n_values and gan.D.aux_head[-1].out_features == sum(n_values)
     seen = {}
@@ -424,15 +424,16 @@ def test_attribute_classifier_reads_real_scenes_and_steers_g_by_the_caption(make
     assert [q.tolist() for q in seen["shares"]] == list(pool.attribute_shares().values())
 
 
-def test_unstated_term_is_checked_on_in_the_book_and_off_for_old_checkpoints(make_gan, pool, tmp_path):
+def test_unstated_term_is_checked_off_in_the_book_and_for_old_checkpoints(make_gan, pool, tmp_path):
     with pytest.raises(ValueError, match=r"unstated_weight must be .*got -0.5"):
         mm.GANConfig(unstated_weight=-0.5)
-    assert mm.GANConfig().unstated_weight > 0
+    assert mm.GANConfig().unstated_weight == 0                       # measured, not kept (gan.py says why)
     with pytest.raises(ValueError, match=r"pairs only with diversity_weight > 0 or pair_weight > 0: set unstated_weight=0"):
-        mm.GANConfig(diversity_weight=0.0)               # no pairs, so no second image of a caption to spread over
-    assert mm.GANConfig(diversity_weight=0.0, unstated_weight=0.0).unstated_weight == 0
+        mm.GANConfig(diversity_weight=0.0, unstated_weight=0.25)  # no pairs: no second image of a caption
+    with pytest.raises(ValueError, match=r"aux_weight=0 leaves D without one: set unstated_weight=0 as well"):
+        mm.GANConfig(aux_weight=0.0, unstated_weight=0.25)
     seen = []
-    gan = make_gan(aux_weight=1.0, unstated_weight=0.0)              # off: G's step gets no mask
+    gan = make_gan(aux_weight=1.0)                                   # off: G's step gets no mask
     real_g = gan._generator_step
     gan._generator_step = lambda *a: seen.append(a[9]) or real_g(*a)
     gan.fit(pool, steps=1, batch_size=16, seed=0, bf16=False, progress=False)
