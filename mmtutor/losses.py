@@ -12,9 +12,9 @@ a, D = sigmoid(a), and the logarithms become softplus terms:
 * ``generator_loss``     -- the article's saturating L_G, the non-saturating fix, or hinge;
 * ``diversity_loss``     -- the mode-seeking term (MSGAN, Mao et al. 2019; DSGAN, Yang et al. 2019);
 * ``attribute_loss``     -- an auxiliary classifier's cross-entropy per attribute (AC-GAN, Odena et al. 2017);
-* ``unstated_loss``      -- for what a caption leaves out: the batch's readings should spread like the
-  data's, each image showing one value (the information-maximisation loss of Krause et al. 2010 and
-  Hu et al. 2017, with the data's shares as its target).
+* ``unstated_loss``      -- for what a caption leaves out: the images drawn for one caption should
+  show each value as often as the data does, each image showing one (the information-maximisation
+  loss of Krause et al. 2010 and Hu et al. 2017, per caption, with the data's shares as its target).
 
 Contrastive alignment (CLIP, Radford et al. 2021; InfoNCE, van den Oord et al. 2018):
 ``clip_loss``.

@@ -208,3 +208,26 @@ def test_unstated_loss_names_a_shape_mismatch():
         unstated_loss(torch.zeros(2, 4), torch.zeros(2, 2, dtype=torch.bool), (3, 2), HALF)
     with pytest.raises(ValueError, match=r"shares must hold one tensor per attribute with \[3, 2\] values"):
         unstated_loss(torch.zeros(2, 5), torch.zeros(2, 2, dtype=torch.bool), (3, 2), HALF[:1])
+    with pytest.raises(ValueError, match=r"groups must hold one id per row \(2\), got \(3,\)"):
+        unstated_loss(torch.zeros(2, 5), torch.ones(2, 2, dtype=torch.bool), (3, 2), HALF, groups=torch.zeros(3))
+
+
+def test_unstated_loss_spreads_within_each_caption_not_across_the_batch():
+    # four sure images: caption 0 drawn large twice, caption 1 small twice -- an even batch
+    big, small = [0.0, 0.0, 0.0, -30.0, 30.0], [0.0, 0.0, 0.0, 30.0, -30.0]
+    unstated = torch.tensor([[False, True]] * 4)
+    apart = torch.tensor([big, big, small, small], dtype=torch.float64)
+    assert unstated_loss(apart, unstated, (3, 2), HALF).item() < 1e-9            # one group: looks even
+    groups = torch.tensor([0, 0, 1, 1])
+    assert unstated_loss(apart, unstated, (3, 2), HALF, groups=groups).item() > 10.0   # per caption: not
+    mixed = torch.tensor([big, small, small, big], dtype=torch.float64)          # each caption both sizes
+    assert unstated_loss(mixed, unstated, (3, 2), HALF, groups=groups).item() < 1e-9
+    # by hand, one group of two undecided-ish images and one of a single image
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.3, -0.2], [0.0, 0.0, 0.0, 1.0, 0.5], [0.0, 0.0, 0.0, -1.0, 2.0]],
+                          dtype=torch.float64)
+    p = torch.softmax(logits[:, 3:], 1)
+    q = HALF[1]
+    kl = lambda m: (q * (q / m).log()).sum()                                     # noqa: E731
+    expected = (kl(p[:2].mean(0)) + kl(p[2])) / 2 - (p * p.log()).sum(1).mean()
+    torch.testing.assert_close(unstated_loss(logits, torch.tensor([[False, True]] * 3), (3, 2), HALF,
+                                             groups=torch.tensor([5, 5, 9])), expected)
