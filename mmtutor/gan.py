@@ -142,7 +142,7 @@ class GANConfig:
                                    # third set 0.953/0.920/0.941, Frechet distance 15.1/18.6/19.5 (14.7/19.1/19.7
                                    # off): sizes even on two seeds of three, held-out below 0.90 on one, so the
                                    # book keeps it off and completes captions instead (complete_captions).
-                                   # Screened, seed 0 (seed 1): 1 -> 33-55 % (41-52 %), seen 0.943, held-out
+                                   # Screened, seed 0 (seed 1): 1 -> 33-55 % (42-52 %), seen 0.943, held-out
                                    # 0.882; 1 over the whole batch instead of the pair -> 14-99 % (boxes large,
                                    # stars small); 1 without the entropy term -> 10-67 %, seen 0.969
     complete_captions: bool = True   # generate(): first complete what a caption leaves out, per image, with the
