@@ -265,8 +265,8 @@ def bench_results(name: str) -> dict | None:
     from pathlib import Path
     import json
     here = Path.cwd()
-    path = next((d / "bench" / "results" / f"{name}.json" for d in (here, *here.parents)
-                 if (d / "bench" / "results" / f"{name}.json").is_file()), None)
+    candidates = (d / "bench" / "results" / f"{name}.json" for d in (here, *here.parents))
+    path = next((p for p in candidates if p.is_file()), None)
     return None if path is None else json.loads(path.read_text())
 
 
