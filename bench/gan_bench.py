@@ -11,8 +11,8 @@ on a caption bank without neutral words (``caption_noise=0``, see ``mm.data.Pair
 "noreadout" the book's recipe without the attribute readout (``text_readout="none"``, see
 ``mm.condition``), "sentence" with the readout on the discriminant directions (MiniLM's sentence
 vector) instead of its token vectors (``text_readout="sentence"``, the book's readout before
-the attribute classifier came), "tokonly" with the token readout alone, no directions
-(``text_dims=0``), and "noaux" without D's attribute classifier (``aux_weight=0``), each with
+the attribute classifier came), "directions" with the discriminant directions beside the token
+readout (``text_dims=32``, the book's recipe before it read the readout alone), and "noaux" without D's attribute classifier (``aux_weight=0``), each with
 every seed of the headline pair: they measure what the neutral words, each readout and the
 classifier buy on phrasings outside the grammar and cost elsewhere.
 
@@ -92,7 +92,7 @@ def train_for(recipe: str, config, world, prof, budget: float, seed: int):
 
 # variants of the book's recipe: their config overrides ("plainbank" changes the caption bank instead)
 BOOK_VARIANTS = {"zscore": {"text_norm": "zscore", "text_readout": "none"}, "noreadout": {"text_readout": "none"},
-                 "sentence": {"text_readout": "sentence"}, "tokonly": {"text_readout": "tokens", "text_dims": 0},
+                 "sentence": {"text_readout": "sentence"}, "directions": {"text_dims": 32},
                  "noaux": {"aux_weight": 0.0}, "plainbank": {}}
 
 
@@ -169,8 +169,8 @@ def main():
     ap.add_argument("--budget", type=float, default=180.0, help="wall seconds per run (default 180)")
     ap.add_argument("--steps", type=int, default=None, help="same number of steps for every run instead")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the headline pair")
-    ap.add_argument("--recipes", default="book,reed2016,plainbank,noreadout,sentence,noaux,tokonly,ablation,zscore",
-                    help="comma-separated subset of book,reed2016,plainbank,noreadout,sentence,noaux,tokonly,"
+    ap.add_argument("--recipes", default="book,reed2016,plainbank,noreadout,sentence,noaux,directions,ablation,zscore",
+                    help="comma-separated subset of book,reed2016,plainbank,noreadout,sentence,noaux,directions,"
                          "ablation,zscore (the last two run with one seed)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs side by side, one torch thread each (with --steps only; default 1)")
@@ -185,13 +185,13 @@ def main():
     judges = mm.zoo.judges(world, prof, device="cpu", progress=False)
     chosen = [r for r in args.recipes.split(",") if r]
     for r in chosen:
-        mm.checks.choice(r, "recipe", ("book", "reed2016", "plainbank", "noreadout", "sentence", "noaux", "tokonly",
+        mm.checks.choice(r, "recipe", ("book", "reed2016", "plainbank", "noreadout", "sentence", "noaux", "directions",
                                        "ablation", "zscore"))
     if "book" not in chosen:
         raise SystemExit("--recipes must include book (the targets are the book recipe's)")
     todo = [(recipe, seed) for recipe, seeds in (("book", args.seeds), ("plainbank", args.seeds),
                                                 ("noreadout", args.seeds), ("sentence", args.seeds),
-                                                ("noaux", args.seeds), ("tokonly", args.seeds),
+                                                ("noaux", args.seeds), ("directions", args.seeds),
                                                 ("reed2016", args.seeds),
                                                 ("ablation", args.seeds[:1]), ("zscore", args.seeds[:1]))
             if recipe in chosen for seed in seeds]

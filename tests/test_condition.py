@@ -112,10 +112,18 @@ def test_gan_config_checks_the_readout():
         mm.GANConfig(text_readout="yes")
     with pytest.raises(ValueError, match="text_norm='raw' fits none"):
         mm.GANConfig(text_norm="raw", text_readout="tokens")
-    with pytest.raises(ValueError, match="text_dims must be a positive integer"):
+    with pytest.raises(ValueError, match="text_dims=0 keeps no discriminant directions.*set text_dims >= 1"):
         mm.GANConfig(text_dims=0, text_readout="sentence")     # the directions are all a sentence readout reads
     assert mm.GANConfig().text_readout == "tokens"            # the book's recipe
     assert mm.GANConfig(text_dims=0).text_dims == 0
+    # unset: the book reads the token readout alone, any other reading keeps 32 directions
+    assert mm.GANConfig().text_dims == 0
+    assert mm.GANConfig(text_readout="sentence").text_dims == 32
+    assert mm.GANConfig(text_readout="none").text_dims == 32
+    assert mm.GANConfig(text_norm="zscore", text_readout="tokens").text_dims == 32
+    assert mm.GANConfig.reed2016().text_dims == 32 and mm.GANConfig.ablation().text_dims == 0
+    with pytest.raises(ValueError, match="text_dims=0 keeps no discriminant directions.*text_readout='none'"):
+        mm.GANConfig(text_dims=0, text_readout="none")
     assert mm.GANConfig.reed2016().text_readout == "none"
     # configs written before the token readout spelled it True / False
     assert mm.GANConfig(text_readout=True).text_readout == "sentence"
