@@ -82,16 +82,24 @@ def test_a_file_from_side_by_side_runs_says_one_thread_each():
     assert "2 runs side by side, 2 torch threads each" in rt._machine({"machine": m, "jobs": 2, "threads_per_job": 2})
 
 
-def test_case_study_quotes_the_gan_alone_size_range_of_gan_json():
-    """Section 4.3 (and the README) say the book's recipe, without the term for unstated
-    attributes, drew 77-100 % large objects per object for captions without a size: that is the
-    range of bench/results/gan.json's book runs, and the book's recipe must still be without it."""
+def test_case_study_quotes_the_unstated_term_measurement_and_its_premise_holds():
+    """Section 4.3 (and the README) compare the unstated term (weight 0.25) with the recipe of that
+    time without it, which drew 77-100 % large objects per object: the range recorded beside
+    ``unstated_weight`` in gan.py, where the measurement is kept. They conclude that the book keeps
+    the term off and completes captions instead, which needs the book's recipe to be without the
+    term and its GAN alone (bench/results/gan.json's book runs) to miss 35-65 % for some object."""
     import json
+    import re
     import mmtutor as mm
     assert mm.GANConfig().unstated_weight == 0
+    recorded = re.search(r"the GAN alone draws (\d+)-(\d+) % large objects per object",
+                         re.sub(r"\s*#\s*", " ", (ROOT / "mmtutor" / "gan.py").read_text()))
+    assert recorded, "gan.py no longer records the GAN-alone range without the unstated term"
+    low, high = recorded.groups()
+    chapter = (ROOT / "notebooks" / "07_case_study.ipynb").read_text()
+    assert f"against {low}–{high} % without the term" in chapter
+    assert f"instead of {low}-{high} %" in (ROOT / "README.md").read_text()
     runs = json.loads((ROOT / "bench" / "results" / "gan.json").read_text())["runs"]
     shares = [v for r in runs if r["recipe"] == "book" for v in r["size_coverage_alone"]["large_share_by_object"].values()]
-    quoted = f"{round(100 * min(shares))}–{round(100 * max(shares))} %"
-    chapter = (ROOT / "notebooks" / "07_case_study.ipynb").read_text()
-    assert f"against {quoted} without the term" in chapter
-    assert f"instead of {quoted.replace('–', '-')}" in (ROOT / "README.md").read_text()
+    assert shares and not all(0.35 <= v <= 0.65 for v in shares), \
+        "the book's GAN alone now draws 35-65 % large for every object: section 4.3's case for completion is moot"
