@@ -12,9 +12,10 @@ on a caption bank without neutral words (``caption_noise=0``, see ``mm.data.Pair
 ``mm.condition``), "sentence" with the readout on the discriminant directions (MiniLM's sentence
 vector) instead of its token vectors (``text_readout="sentence"``, the book's readout before
 the attribute classifier came), "directions" with the discriminant directions beside the token
-readout (``text_dims=32``, the book's recipe before it read the readout alone), and "noaux" without D's attribute classifier (``aux_weight=0``), each with
-every seed of the headline pair: they measure what the neutral words, each readout and the
-classifier buy on phrasings outside the grammar and cost elsewhere.
+readout (``text_dims=32``, the book's recipe before it read the readout alone), and "noaux"
+without D's attribute classifier (``aux_weight=0``), each with every seed of the headline pair:
+they measure what the neutral words, each readout and the classifier buy on phrasings outside
+the grammar and cost elsewhere.
 
 Budget: ``--budget`` wall seconds per run (default 180), MiniLM loading, caption encoding and
 pool rendering included and reported separately, every run trained from scratch; ``--steps``
