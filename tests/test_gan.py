@@ -469,3 +469,99 @@ def test_a_checkpoint_from_before_the_classifier_loads_without_it(make_gan, tmp_
     loaded = ConditionalGAN.load(path, device="cpu")
     assert loaded.config.aux_weight == 0.0 and loaded.D.aux_head is None
     torch.testing.assert_close(loaded.generate([APPLE], n_per_caption=2, seed=1), old.generate([APPLE], n_per_caption=2, seed=1))
+
+
+# ------------------------------------------------------------------------ the code for what captions leave out
+def test_unstated_code_is_on_in_the_book_and_refused_where_it_cannot_work():
+    assert mm.GANConfig().unstated_code is True                      # readout + classifier: on
+    assert mm.GANConfig.ablation().unstated_code is False            # no classifier to train it
+    assert mm.GANConfig.reed2016().unstated_code is False            # no readout to move
+    assert mm.GANConfig(unstated_weight=0.25).unstated_code is False  # the other way to spread sizes
+    with pytest.raises(ValueError, match=r"needs a readout and the classifier \(got text_readout='none', aux_weight=2.0\)"):
+        mm.GANConfig(unstated_code=True, text_readout="none")
+    with pytest.raises(ValueError, match=r"aux_weight=0.0\); set unstated_code=False or leave it unset"):
+        mm.GANConfig(unstated_code=True, aux_weight=0.0)
+    with pytest.raises(ValueError, match=r"use one of them \(unstated_weight=0, or unstated_code=False\)"):
+        mm.GANConfig(unstated_code=True, unstated_weight=0.25)
+
+
+def test_codes_follow_the_noise_and_the_shares(make_gan, pool):
+    gan = make_gan()
+    gan.fit(pool, steps=1, batch_size=16, seed=0, bf16=False, progress=False)
+    shares = list(pool.attribute_shares().values())
+    torch.testing.assert_close(gan.code_shares, torch.tensor(sum(shares, [])))   # fit() keeps the data's shares
+    z = torch.randn(40000, gan.config.z_dim, generator=torch.Generator().manual_seed(0))
+    codes = gan.codes(z)
+    assert codes.shape == (40000, 4) and codes.dtype == torch.long
+    for a, q in enumerate(shares):                                   # Phi(z_a) is uniform: each value as often as in the data
+        freq = torch.bincount(codes[:, a], minlength=len(q)).float() / len(z)
+        assert (freq - torch.tensor(q)).abs().max() < 0.01, (a, freq, q)
+    z[:, 3] = -8.0                                                   # the code reads coordinate 3 for the size
+    assert (gan.codes(z)[:, 3] == 0).all()
+    z[:, 3] = 8.0
+    assert (gan.codes(z)[:, 3] == 1).all()
+
+
+def test_coded_moves_only_the_unstated_probability(make_gan, pool):
+    gan = make_gan()
+    gan.fit(pool, steps=1, batch_size=16, seed=0, bf16=False, progress=False)
+    enc = gan.text
+    part = enc._parts()[-1]
+    named, unnamed = "a large red apple on the table", APPLE
+    z = torch.randn(2, gan.config.z_dim, generator=torch.Generator().manual_seed(1))
+    z[0, 3], z[1, 3] = -3.0, 3.0                                     # draws small, then large
+    text = gan.condition([unnamed, unnamed])
+    probs = lambda t: t.pooled[:, part] * enc.out_std[part] + enc.out_mean[part]
+    before, after = probs(text), probs(gan.coded(text, z))
+    size = slice(-3, None)                                           # small, large, unstated
+    assert before[:, -1].min() > 0.5                                 # the readout sees no size
+    torch.testing.assert_close(after[:, size].sum(1), before[:, size].sum(1))
+    assert after[:, -1].abs().max() < 1e-5
+    torch.testing.assert_close(after[0, -3], before[0, -3] + before[0, -1])     # onto "small"
+    torch.testing.assert_close(after[1, -2], before[1, -2] + before[1, -1])     # onto "large"
+    # the other attributes are named: only their tiny "unstated" probabilities move
+    torch.testing.assert_close(after[:, :-3], before[:, :-3], atol=1e-3, rtol=0)
+    for a, k in enumerate(enc.readout[:-1]):
+        first = sum(j + 1 for j in enc.readout[:a])
+        assert after[:, first + k].abs().max() < 1e-5
+    stated = gan.condition([named, named])                           # a size named: nearly nothing to move
+    torch.testing.assert_close(gan.coded(stated, z).pooled, stated.pooled, atol=0.05, rtol=0)
+    off = make_gan(unstated_code=False)
+    assert not hasattr(off, "code_shares") and off.coded(text, z) is text
+    with pytest.raises(ValueError, match=r"draws nothing from its noise \(unstated_code=False\)"):
+        off.codes(z)
+
+
+def test_g_is_trained_to_draw_its_code(make_gan, pool, monkeypatch):
+    """For a caption without a size the classifier term's target is the size G's noise drew; for
+    a caption that names one, the caption's size."""
+    gan = make_gan()
+    caps, seen = [], []
+    real_batch, real_g = pool.batch, gan._generator_step
+    monkeypatch.setattr(pool, "batch", lambda *a: (lambda out: caps.append(out[1]) or out)(real_batch(*a)))
+    gan._generator_step = lambda *a: seen.append((a[3].cpu(), a[5], a[8].cpu())) or real_g(*a)
+    gan.fit(pool, steps=3, batch_size=16, seed=0, bf16=False, progress=False)
+    drawn = 0
+    for cap, (z, layout, g_attrs) in zip(caps, seen):
+        written = pool.caption_attrs[cap[layout.caption_source]]     # what each row's caption names
+        rows = torch.ones(len(z), dtype=torch.bool)
+        rows[layout.interp] = False
+        assert (g_attrs[layout.interp] == -1).all()                  # an interpolation names nothing
+        unnamed = rows & (written[:, 3] < 0)
+        assert torch.equal(g_attrs[unnamed, 3], gan.codes(z)[unnamed, 3])
+        assert torch.equal(g_attrs[rows & ~unnamed], written[rows & ~unnamed])
+        drawn += int(unnamed.sum())
+    assert len(seen) == 3 and drawn > 0                              # these batches held captions without a size
+
+
+def test_a_checkpoint_from_before_the_code_loads_without_it(make_gan, tmp_path):
+    old = make_gan(unstated_code=False)
+    path = tmp_path / "old.pt"
+    old.save(path)
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["model"]["unstated_code"]
+    torch.save(ckpt, path)
+    loaded = ConditionalGAN.load(path, device="cpu")
+    assert loaded.config.unstated_code is False
+    torch.testing.assert_close(loaded.generate([APPLE], n_per_caption=2, seed=1, complete=False),
+                               old.generate([APPLE], n_per_caption=2, seed=1, complete=False))
