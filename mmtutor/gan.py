@@ -162,8 +162,9 @@ class GANConfig:
                                    # and the classifier (the book), off otherwise (needs both). Screened on
                                    # the EPYC in fp32 (bench/gan_bench.py's evaluation, 1400 steps, seeds 0/1,
                                    # a script outside the repository): the GAN alone drew 48-54 % / 49-54 %
-                                   # large objects per object (77-100 % without it), seen 0.989 / 0.990,
-                                   # held-out 0.951 / 0.961 (lower judge)
+                                   # large objects per object (66-100 % without it, gan.json at 993d11e),
+                                   # seen 0.989 / 0.990, held-out 0.951 / 0.961 (lower judge); gan.json
+                                   # measures three seeds
     complete_captions: bool = True   # generate(): first complete what a caption leaves out, per image, with the
                                      # data's frequencies (text2image.complete_captions); False: the GAN alone
                                      # (which, with unstated_code, draws what is left out itself)
