@@ -19,6 +19,17 @@ def _finite(module_or_state) -> bool:
     return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
+def _load_without_field(gan, tmp_path, field: str):
+    """Save ``gan``, drop ``field`` from the saved config (a checkpoint written before the field
+    existed) and load it back."""
+    path = tmp_path / "old.pt"
+    gan.save(path)
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["model"][field]
+    torch.save(ckpt, path)
+    return ConditionalGAN.load(path, device="cpu")
+
+
 # ------------------------------------------------------------------------ sampling
 def test_generate_shape_range_and_determinism(trained_gan):
     images = trained_gan.generate([APPLE, BOX], n_per_caption=3, seed=0)
@@ -438,12 +449,8 @@ def test_unstated_term_is_checked_off_in_the_book_and_for_old_checkpoints(make_g
     gan._generator_step = lambda *a: seen.append(a[9]) or real_g(*a)
     gan.fit(pool, steps=1, batch_size=16, seed=0, bf16=False, progress=False)
     assert seen == [None]
-    path = tmp_path / "old.pt"                 # a checkpoint written before the term: it trained without it
-    gan.save(path)
-    ckpt = torch.load(path, weights_only=True)
-    del ckpt["config"]["model"]["unstated_weight"]
-    torch.save(ckpt, path)
-    assert ConditionalGAN.load(path, device="cpu").config.unstated_weight == 0.0
+    # a checkpoint written before the term: it trained without it
+    assert _load_without_field(gan, tmp_path, "unstated_weight").config.unstated_weight == 0.0
 
 
 def test_unstated_term_changes_what_g_learns(make_gan, pool):
@@ -461,12 +468,7 @@ def test_a_checkpoint_from_before_the_classifier_loads_without_it(make_gan, tmp_
     """Checkpoints written before ``aux_weight`` existed hold no classifier weights and no such
     config field: they load as what they were trained as (aux_weight=0), not as today's default."""
     old = make_gan(aux_weight=0.0)
-    path = tmp_path / "old.pt"
-    old.save(path)
-    ckpt = torch.load(path, weights_only=True)
-    del ckpt["config"]["model"]["aux_weight"]
-    torch.save(ckpt, path)
-    loaded = ConditionalGAN.load(path, device="cpu")
+    loaded = _load_without_field(old, tmp_path, "aux_weight")
     assert loaded.config.aux_weight == 0.0 and loaded.D.aux_head is None
     torch.testing.assert_close(loaded.generate([APPLE], n_per_caption=2, seed=1), old.generate([APPLE], n_per_caption=2, seed=1))
 
@@ -556,12 +558,7 @@ def test_g_is_trained_to_draw_its_code(make_gan, pool, monkeypatch):
 
 def test_a_checkpoint_from_before_the_code_loads_without_it(make_gan, tmp_path):
     old = make_gan(unstated_code=False)
-    path = tmp_path / "old.pt"
-    old.save(path)
-    ckpt = torch.load(path, weights_only=True)
-    del ckpt["config"]["model"]["unstated_code"]
-    torch.save(ckpt, path)
-    loaded = ConditionalGAN.load(path, device="cpu")
+    loaded = _load_without_field(old, tmp_path, "unstated_code")
     assert loaded.config.unstated_code is False
     torch.testing.assert_close(loaded.generate([APPLE], n_per_caption=2, seed=1, complete=False),
                                old.generate([APPLE], n_per_caption=2, seed=1, complete=False))
